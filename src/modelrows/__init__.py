@@ -1,0 +1,54 @@
+"""modelrows: PyTorch model weights as rows of Apache Arrow tables.
+
+Only numbers are stored (parameters and persistent buffers), never code or pickles. Rows follow
+versioned, extensible schemas after Legolas.jl; a catalog keeps one row per checkpoint in a
+partitioned Arrow dataset that Polars and DuckDB query.
+"""
+
+from .errors import (
+    CatalogError,
+    CorruptRowError,
+    ModelRowsError,
+    NotArrowFileError,
+    RowFileError,
+    RowNotFoundError,
+    RowValidationError,
+    SchemaError,
+    SchemaMismatchError,
+    StorageError,
+    UnknownSchemaError,
+    WeightsError,
+    WeightsMismatchError,
+)
+from .rowfile import RowCountError, read_model_row, write_model_row
+from .schema import FORMAT_VERSION, ModelV1, Row
+from .weights import LoadReport, Weights, fetch_weights, load_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CatalogError",
+    "CorruptRowError",
+    "LoadReport",
+    "ModelRowsError",
+    "ModelV1",
+    "NotArrowFileError",
+    "Row",
+    "RowCountError",
+    "RowFileError",
+    "RowNotFoundError",
+    "RowValidationError",
+    "SchemaError",
+    "SchemaMismatchError",
+    "StorageError",
+    "UnknownSchemaError",
+    "Weights",
+    "WeightsError",
+    "WeightsMismatchError",
+    "__version__",
+    "fetch_weights",
+    "load_weights",
+    "read_model_row",
+    "write_model_row",
+]

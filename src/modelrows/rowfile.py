@@ -1,0 +1,416 @@
+"""One row, one Arrow IPC file: ``write_model_row`` and ``read_model_row``.
+
+Writes are atomic (temporary file, flush, fsync, rename, directory fsync) and zero-copy: the
+weights' packed storage goes to the file as it is, placed so that every tensor starts at a
+64-byte-aligned file offset. Reads map the file privately and hand out tensors that are views of
+the mapping, after checking the file's structure with bounded work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import torch
+
+from .arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, DecodeContext, WeightsType
+from .errors import (
+    CorruptRowError,
+    NotArrowFileError,
+    RowFileError,
+    RowValidationError,
+    StorageError,
+    UnknownSchemaError,
+)
+from .schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
+from .weights import ALIGNMENT, Weights
+
+__all__ = [
+    "RowCountError",
+    "decode_row",
+    "read_model_row",
+    "read_row_file",
+    "row_batch",
+    "write_atomic",
+    "write_model_row",
+    "write_row_file",
+]
+
+_MAGIC = b"ARROW1"
+_MIN_FILE = 8 + 8 + 4 + 6  # magic+pad, a schema message at least, footer length, magic
+_WEIGHTS = WeightsType()
+
+
+class RowCountError(RowFileError):
+    """The Arrow file does not hold exactly one row."""
+
+
+PathLike = str | os.PathLike[str]
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """A file-like sink for pyarrow that records where each buffer lands (and may write nothing)."""
+
+    def __init__(self, f: IO[bytes] | None = None) -> None:
+        self.f = f
+        self.pos = 0
+        self.positions: dict[tuple[int, int], int] = {}
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        n: int
+        if isinstance(data, pa.Buffer):
+            n = int(data.size)
+            self.positions.setdefault((data.address, n), self.pos)
+            view: Any = memoryview(data) if n else b""
+        else:
+            view = data
+            n = len(memoryview(data))
+        if self.f is not None and n:
+            self.f.write(view)
+        self.pos += n
+        return n
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        if self.f is not None:
+            self.f.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+def row_batch(
+    row: Row,
+    *,
+    managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
+    plans: Mapping[str, BlobPlan] | None = None,
+) -> pa.RecordBatch:
+    """The one-row record batch of ``row``; ``managed`` adds columns (row_id ...) at the front."""
+    cls = type(row)
+    if row._extras:
+        raise RowValidationError(
+            f"this {cls.__name__} was read from a file declaring {row.declared_schema} and carries "
+            f"undeclared columns ({', '.join(row._extras)}); declare that schema to write it"
+        )
+    schema = cls.arrow_schema()
+    arrays: list[pa.Array] = []
+    fields: list[pa.Field] = []
+    for name, (typ, value) in (managed or {}).items():
+        fields.append(pa.field(name, typ, nullable=False))
+        arrays.append(pa.array([value], type=typ))
+    for f in schema:
+        ftype = cls.__row_fields__[f.name].type
+        value = getattr(row, f.name)
+        if isinstance(ftype, WeightsType):
+            arrays.append(ftype.to_arrow([value], (plans or {}).get(f.name)))
+        else:
+            arrays.append(ftype.to_arrow([value]))
+        fields.append(f)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+def _blobs(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
+    """Weights columns -> (address, size) of their data buffer."""
+    out = {}
+    for i, f in enumerate(batch.schema):
+        if f.type == WEIGHTS_ARROW_TYPE:
+            data = batch.column(i).field("data")
+            buf = data.buffers()[2]
+            if buf is not None and buf.size:
+                out[f.name] = (buf.address, buf.size)
+    return out
+
+
+def _serialize(build: Callable[[Mapping[str, BlobPlan]], pa.RecordBatch], f: IO[bytes]) -> None:
+    """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64)."""
+    plans: dict[str, BlobPlan] = {}
+    for _ in range(8):
+        batch = build(plans)
+        dry = _Sink()
+        with ipc.new_file(dry, batch.schema) as w:
+            w.write_batch(batch)
+        landed = {name: dry.positions[key] for name, key in _blobs(batch).items()}
+        if all(
+            name in plans and (pos - plans[name].position) % ALIGNMENT == 0
+            for name, pos in landed.items()
+        ):
+            break
+        plans = {name: BlobPlan(pos) for name, pos in landed.items()}
+    else:  # pragma: no cover - the layout converges in len(weights columns) + 1 passes
+        raise AssertionError("could not align the weights in the file")
+    sink = _Sink(f)
+    with ipc.new_file(sink, batch.schema) as w:
+        w.write_batch(batch)
+    for name, key in _blobs(batch).items():
+        if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
+            raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool = True, replace: bool = True
+) -> None:
+    """Write ``path`` through a temporary file so it is never seen half-written.
+
+    The temporary name starts with ``.`` and ends with ``.tmp``, so no reader takes it for a row.
+    ``replace=False`` refuses to overwrite (hard link, then unlink the temporary name).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    step = "create"
+    try:
+        with open(tmp, "xb") as f:
+            step = "write"
+            write(f)
+            step = "flush"
+            f.flush()
+            if fsync:
+                step = "fsync"
+                os.fsync(f.fileno())
+        if replace:
+            step = "rename"
+            os.replace(tmp, path)
+        else:
+            step = "link"
+            os.link(tmp, path)
+            step = "unlink"
+            os.unlink(tmp)
+        if fsync:
+            step = "directory fsync"
+            _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        visible = step in ("directory fsync", "unlink")
+        raise StorageError(
+            f"writing {path} failed at step {step!r}: {exc}. "
+            + (
+                "The new file is in place but may not be durable yet."
+                if visible
+                else "Nothing was written there; the previous content (if any) is intact."
+            )
+        ) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_row_file(
+    path: PathLike,
+    row: Row,
+    *,
+    managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
+    fsync: bool = True,
+    replace: bool = True,
+) -> None:
+    """Write one row (plus ``managed`` columns) as an Arrow IPC file, atomically."""
+    if not isinstance(row, Row) or not type(row).__identifier__:
+        raise RowValidationError(
+            f"expected a row (an instance of a declared Row class), got {type(row).__name__}"
+        )
+    target = Path(path)
+
+    def write(f: IO[bytes]) -> None:
+        _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f)
+
+    write_atomic(target, write, fsync=fsync, replace=replace)
+
+
+def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
+    """Validate ``row`` and write it as a one-row Arrow IPC file at ``path``, atomically.
+
+    A crash never leaves a partial file at ``path``; an existing file is replaced only once the
+    new one is complete (and, with ``fsync=True``, durable).
+
+    >>> import tempfile, torch.nn as nn
+    >>> from modelrows import ModelV1, fetch_weights, read_model_row
+    >>> path = tempfile.mkdtemp() + "/linear.model.arrow"
+    >>> write_model_row(path, ModelV1(weights=fetch_weights(nn.Linear(2, 2)), architecture_version=1))
+    >>> read_model_row(path).architecture_version
+    1
+    """
+    write_row_file(path, row, fsync=fsync)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+
+def _map(path: Path) -> tuple[mmap.mmap | None, torch.Tensor, pa.Buffer]:
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < _MIN_FILE:
+                raise NotArrowFileError(
+                    f"{where}: {size} bytes is too short to be an Arrow IPC file", path=where
+                )
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except FileNotFoundError:
+        raise RowFileError(f"{where}: no such file", path=where) from None
+    except IsADirectoryError:
+        raise RowFileError(f"{where}: is a directory, not a row file", path=where) from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, NotArrowFileError):
+            raise
+        raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
+    if mm[:6] != _MAGIC or mm[-6:] != _MAGIC:
+        missing = "start" if mm[:6] != _MAGIC else "end"
+        mm.close()
+        raise NotArrowFileError(
+            f"{where}: not an Arrow IPC file (the ARROW1 magic is missing at the {missing}); "
+            "is it truncated, or another format?",
+            path=where,
+        )
+    storage = torch.frombuffer(mm, dtype=torch.uint8)
+    return mm, storage, pa.py_buffer(mm)
+
+
+def read_row_file(path: PathLike) -> tuple[pa.RecordBatch, DecodeContext]:
+    """Open a one-row Arrow IPC file, check its structure, and return its batch (zero-copy)."""
+    target = Path(path)
+    where = str(target)
+    _mm, storage, buf = _map(target)
+    try:
+        reader = ipc.open_file(pa.BufferReader(buf))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise NotArrowFileError(
+            f"{where}: not a readable Arrow IPC file ({exc}); is it truncated?", path=where
+        ) from exc
+    if reader.num_record_batches != 1:
+        raise RowCountError(
+            f"{where}: holds {reader.num_record_batches} record batches; a row file holds "
+            "exactly one row in one batch",
+            path=where,
+        )
+    try:
+        batch = reader.get_batch(0)
+        batch.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptRowError(f"{where}: the record batch is corrupt: {exc}", path=where) from exc
+    if batch.num_rows != 1:
+        raise RowCountError(
+            f"{where}: holds {batch.num_rows} rows; a row file holds exactly one", path=where
+        )
+    return batch, DecodeContext(where, storage, buf.address)
+
+
+def schema_identifier(schema: pa.Schema, *, where: str) -> str:
+    """The qualified identifier in ``schema``'s metadata; errors name ``where``."""
+    meta = schema.metadata or {}
+    raw = meta.get(METADATA_SCHEMA_KEY.encode())
+    if raw is None:
+        raise UnknownSchemaError(
+            f"{where}: the Arrow schema has no {METADATA_SCHEMA_KEY!r} metadata, so its row schema "
+            "is unknown; was it written by modelrows or Legolas?"
+        )
+    try:
+        qualified = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnknownSchemaError(
+            f"{where}: {METADATA_SCHEMA_KEY!r} metadata is not UTF-8 text"
+        ) from None
+    fmt = meta.get(METADATA_FORMAT_KEY.encode())
+    if fmt is not None:
+        try:
+            version = int(fmt.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise UnknownSchemaError(
+                f"{where}: {METADATA_FORMAT_KEY!r} metadata {fmt!r} is not a whole number"
+            ) from None
+        if version > FORMAT_VERSION:
+            raise UnknownSchemaError(
+                f"{where}: written in modelrows format version {version}; this modelrows reads "
+                f"up to {FORMAT_VERSION}. Upgrade modelrows to read it."
+            )
+    return str(qualified)
+
+
+def decode_row(
+    batch: pa.RecordBatch | pa.Table,
+    index: int,
+    ctx: DecodeContext,
+    *,
+    skip: Sequence[str] = (),
+) -> Row:
+    """Row ``index`` of ``batch`` as an instance of the nearest declared class of its schema."""
+    where = ctx.where
+    qualified = schema_identifier(batch.schema, where=where)
+    cls = nearest_declared(qualified, where=where)
+    cls.validate_schema(batch.schema, where=where)
+    values: dict[str, Any] = {}
+    for i, f in enumerate(batch.schema):
+        if f.name in skip:
+            continue
+        column = batch.column(i)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        field = cls.__row_fields__.get(f.name)
+        ftype = field.type if field is not None else None
+        if isinstance(ftype, WeightsType) or (ftype is None and f.type == WEIGHTS_ARROW_TYPE):
+            values[f.name] = _WEIGHTS.decode(column, index, ctx)
+            continue
+        value = column[index].as_py()
+        values[f.name] = ftype.from_py(value) if ftype is not None and value is not None else value
+    try:
+        return cls._from_stored(values, declared=qualified)
+    except RowValidationError as exc:
+        raise RowValidationError(f"{where}: {exc}") from exc
+
+
+def verify_row(row: Row, *, where: str) -> None:
+    """Raise CorruptRowError if any weights of ``row`` no longer match their stored checksum."""
+    for name, value in [*row._values().items(), *row._extras.items()]:
+        if isinstance(value, Weights) and not value.verify():
+            raise CorruptRowError(
+                f"{where}: checksum mismatch in column {name!r}: stored {value.stored_checksum}, "
+                f"computed {value.checksum}; the tensor bytes are corrupt",
+                path=where,
+            )
+
+
+def read_model_row(path: PathLike, *, verify: bool = False) -> Row:
+    """Read the one row of ``path`` as an instance of its declared class.
+
+    Weights are zero-copy views of the privately memory-mapped file. If the file's schema is not
+    declared in this process, the nearest declared ancestor in its qualified chain is returned,
+    with the other columns in ``row.extras`` and the file's identifier in ``row.declared_schema``.
+    ``verify=True`` also recomputes the checksum of every tensor byte.
+
+    >>> import tempfile, torch.nn as nn
+    >>> from modelrows import ModelV1, fetch_weights, write_model_row
+    >>> path = tempfile.mkdtemp() + "/m.model.arrow"
+    >>> write_model_row(path, ModelV1(weights=fetch_weights(nn.Linear(2, 3))))
+    >>> read_model_row(path).weights["weight"].shape
+    torch.Size([3, 2])
+    """
+    batch, ctx = read_row_file(path)
+    row = decode_row(batch, 0, ctx)
+    if verify:
+        verify_row(row, where=ctx.where)
+    return row

@@ -1,0 +1,480 @@
+"""Weights: a model's numbers, named, typed and shaped exactly; fetch_weights and load_weights.
+
+``Weights`` is an immutable mapping from state_dict name to tensor. Its tensors are views into one
+packed byte storage: each tensor starts at a 64-byte-aligned address, so writing a row hands that
+storage to Arrow without a copy, and reading a row maps the file and hands out views of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xxhash
+
+from .errors import WeightsError, WeightsMismatchError
+
+__all__ = ["DTYPE_NAMES", "LoadReport", "TensorEntry", "Weights", "fetch_weights", "load_weights"]
+
+ALIGNMENT = 64
+"""Every tensor's bytes start at a multiple of this many bytes (in memory and in files)."""
+
+
+def _dtype_table() -> dict[str, torch.dtype]:
+    names = [
+        "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+        "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
+        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+    ]  # fmt: skip
+    return {n: getattr(torch, n) for n in names if isinstance(getattr(torch, n, None), torch.dtype)}
+
+
+DTYPE_NAMES: dict[str, torch.dtype] = _dtype_table()
+"""The dtype names of the format (docs/format.md), mapped to the torch dtypes of this install."""
+_NAME_OF_DTYPE: dict[torch.dtype, str] = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+def dtype_name(dtype: torch.dtype, *, tensor: str = "?") -> str:
+    try:
+        return _NAME_OF_DTYPE[dtype]
+    except KeyError:
+        raise WeightsError(
+            f"tensor {tensor!r} has dtype {dtype}, which modelrows cannot store; "
+            f"supported: {', '.join(DTYPE_NAMES)}"
+        ) from None
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGNMENT) * ALIGNMENT
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives in a packed storage. Tied tensors share offset and nbytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+class Weights(Mapping[str, torch.Tensor]):
+    """An immutable mapping from tensor name (state_dict key) to tensor.
+
+    Build one with :func:`fetch_weights`. Tensors keep their exact dtype and shape; tied tensors
+    (one tensor under two names) are stored once and come back as the same tensor object.
+
+    >>> import torch.nn as nn
+    >>> w = fetch_weights(nn.Linear(3, 2))
+    >>> list(w), w.nbytes
+    (['weight', 'bias'], 32)
+    """
+
+    __slots__ = (
+        "_checksum",
+        "_entries",
+        "_fingerprint",
+        "_storage",
+        "_stored_checksum",
+        "_tensors",
+    )
+
+    _storage: torch.Tensor
+    _entries: tuple[TensorEntry, ...]
+    _tensors: dict[str, torch.Tensor]
+    _checksum: str | None
+    _fingerprint: str | None
+    _stored_checksum: str | None
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        storage, entries = _pack(tensors or {})
+        self._init(storage, entries)
+
+    def _init(self, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> None:
+        views: dict[tuple[int, int], torch.Tensor] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for e in entries:
+            key = (e.offset, e.nbytes)
+            t = views.get(key) if e.nbytes else None
+            if t is None:
+                t = storage[e.offset : e.offset + e.nbytes].view(DTYPE_NAMES[e.dtype]).view(e.shape)
+                views[key] = t
+            tensors[e.name] = t
+        object.__setattr__(self, "_storage", storage)
+        object.__setattr__(self, "_entries", entries)
+        object.__setattr__(self, "_tensors", tensors)
+        object.__setattr__(self, "_checksum", None)
+        object.__setattr__(self, "_fingerprint", None)
+        object.__setattr__(self, "_stored_checksum", None)
+
+    @classmethod
+    def _from_storage(cls, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> Weights:
+        """Views over an existing uint8 storage (a mapped file); entries are already validated."""
+        self = cls.__new__(cls)
+        self._init(storage, entries)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Weights are immutable; build new ones with fetch_weights()")
+
+    # -- Mapping ---------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    # -- facts -----------------------------------------------------------------------------------
+    @property
+    def entries(self) -> tuple[TensorEntry, ...]:
+        """One entry per name: dtype name, shape, and where its bytes lie in the storage."""
+        return self._entries
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data, tied tensors counted once."""
+        return sum(e.nbytes for e in self._distinct())
+
+    @property
+    def ties(self) -> dict[str, str]:
+        """Each tied name mapped to the first name that holds the same tensor."""
+        first: dict[tuple[int, int], str] = {}
+        ties: dict[str, str] = {}
+        for e in self._entries:
+            if e.nbytes == 0:
+                continue
+            owner = first.setdefault((e.offset, e.nbytes), e.name)
+            if owner != e.name:
+                ties[e.name] = owner
+        return ties
+
+    @property
+    def fingerprint(self) -> str:
+        """The architecture fingerprint: a hash of every (name, dtype, shape), order-free."""
+        if self._fingerprint is None:
+            object.__setattr__(self, "_fingerprint", fingerprint_of(self._entries))
+        assert self._fingerprint is not None
+        return self._fingerprint
+
+    @property
+    def checksum(self) -> str:
+        """``xxh3-64:<hex>`` over every distinct tensor's bytes in stored order (docs/format.md)."""
+        if self._checksum is None:
+            object.__setattr__(self, "_checksum", checksum_of(self._storage, self._entries))
+        assert self._checksum is not None
+        return self._checksum
+
+    @property
+    def stored_checksum(self) -> str | None:
+        """The checksum recorded in the file these weights were read from (None if not read)."""
+        return self._stored_checksum
+
+    def verify(self) -> bool:
+        """Whether the bytes still match the checksum stored with them (True if none stored)."""
+        return self._stored_checksum is None or self.checksum == self._stored_checksum
+
+    def _distinct(self) -> list[TensorEntry]:
+        seen: set[tuple[int, int]] = set()
+        out = []
+        for e in self._entries:
+            key = (e.offset, e.nbytes)
+            if e.nbytes and key in seen:
+                continue
+            seen.add(key)
+            out.append(e)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A plain dict of the tensors (views, no copy), for ``model.load_state_dict``."""
+        return dict(self._tensors)
+
+    # -- value semantics -------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Weights):
+            return NotImplemented
+        if self is other:
+            return True
+        mine = [(e.name, e.dtype, e.shape) for e in self._entries]
+        theirs = [(e.name, e.dtype, e.shape) for e in other._entries]
+        if mine != theirs or self.ties != other.ties:
+            return False
+        return all(
+            torch.equal(self._bytes(e), other._bytes(o))
+            for e, o in zip(self._entries, other._entries, strict=True)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.fingerprint, self.checksum))
+
+    def _bytes(self, e: TensorEntry) -> torch.Tensor:
+        return self._storage[e.offset : e.offset + e.nbytes]
+
+    def __repr__(self) -> str:
+        return f"<Weights: {len(self)} tensors, {_human_bytes(self.nbytes)}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Weights are never pickled; store them with write_model_row or a Catalog")
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def fingerprint_of(entries: tuple[TensorEntry, ...] | list[TensorEntry]) -> str:
+    """SHA-256 of sorted ``name\\tdtype\\tdim,dim,...\\n`` lines; first 32 hex digits."""
+    lines = sorted(f"{e.name}\t{e.dtype}\t{','.join(map(str, e.shape))}\n" for e in entries)
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()[:32]
+
+
+def checksum_of(storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> str:
+    """XXH3-64 (seed 0) over each distinct tensor's bytes in entry order; padding excluded."""
+    h = xxhash.xxh3_64()
+    seen: set[tuple[int, int]] = set()
+    raw = storage.numpy()
+    for e in entries:
+        key = (e.offset, e.nbytes)
+        if e.nbytes == 0 or key in seen:
+            continue
+        seen.add(key)
+        h.update(raw[e.offset : e.offset + e.nbytes].data)
+    return f"xxh3-64:{h.hexdigest()}"
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(name, str) or not name:
+        raise WeightsError(f"tensor names must be non-empty strings, got {name!r}")
+    if not isinstance(t, torch.Tensor):
+        raise WeightsError(
+            f"{name!r} is a {type(t).__name__}, not a torch.Tensor; only tensors are stored "
+            "(convert it with torch.as_tensor, or leave it out)"
+        )
+    if t.layout != torch.strided:
+        raise WeightsError(f"tensor {name!r} has layout {t.layout}; convert it with .to_dense()")
+    if t.is_quantized:
+        raise WeightsError(f"tensor {name!r} is quantized; dequantize it before storing")
+    if t.device.type == "meta":
+        raise WeightsError(f"tensor {name!r} is on the meta device and has no values to store")
+    dtype_name(t.dtype, tensor=name)
+    return t
+
+
+def _tie_key(t: torch.Tensor) -> tuple[Any, ...]:
+    return (
+        t.device,
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        t.shape,
+        t.stride(),
+        t.dtype,
+    )
+
+
+def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
+    """Copy tensors into one storage, each at a 64-byte boundary (after 64 bytes of slack)."""
+    entries: list[TensorEntry] = []
+    sources: list[tuple[int, torch.Tensor]] = []
+    owner: dict[tuple[Any, ...], TensorEntry] = {}
+    cursor = ALIGNMENT  # slack in front lets a writer align the first tensor in its file
+    for name, value in tensors.items():
+        t = _check_tensor(name, value).detach()
+        nbytes = t.numel() * t.element_size()
+        key = _tie_key(t)
+        tied = owner.get(key) if nbytes else None
+        if tied is not None:
+            entries.append(TensorEntry(name, tied.dtype, tied.shape, tied.offset, tied.nbytes))
+            continue
+        offset = _align(cursor)
+        entry = TensorEntry(name, dtype_name(t.dtype, tensor=name), tuple(t.shape), offset, nbytes)
+        entries.append(entry)
+        owner[key] = entry
+        sources.append((offset, t))
+        cursor = offset + nbytes
+    storage = torch.empty(_align(cursor), dtype=torch.uint8)
+    end = 0
+    for offset, t in sources:
+        storage[end:offset].zero_()
+        nbytes = t.numel() * t.element_size()
+        storage[offset : offset + nbytes].view(t.dtype).view(t.shape).copy_(t)
+        end = offset + nbytes
+    storage[end:].zero_()
+    return storage, tuple(entries)
+
+
+def fetch_weights(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> Weights:
+    """Copy every parameter and persistent buffer of ``model`` to CPU, as :class:`Weights`.
+
+    Names and order are the model's ``state_dict()``; dtypes and shapes are kept exactly.
+    Non-persistent buffers are left out (they are not in the state_dict), as are non-tensor
+    extra states. A plain state_dict mapping is accepted too.
+
+    >>> import torch.nn as nn
+    >>> w = fetch_weights(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    >>> [name for name in w]  # doctest: +NORMALIZE_WHITESPACE
+    ['0.weight', '0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var',
+     '1.num_batches_tracked']
+    """
+    if isinstance(model, Weights):
+        return model
+    if isinstance(model, torch.nn.Module):
+        state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    elif isinstance(model, Mapping):
+        state = dict(model)
+    else:
+        raise WeightsError(
+            f"fetch_weights expects a torch.nn.Module or a state_dict mapping, "
+            f"got {type(model).__name__}"
+        )
+    return Weights(state)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_weights` did: tensors loaded, and what it skipped (``strict=False``)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    retied: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every tensor of the model was loaded and nothing was left over."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def _fmt_shape(shape: tuple[int, ...] | torch.Size) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _owner_module(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    *path, leaf = name.split(".")
+    module = model.get_submodule(".".join(path)) if path else model
+    return module, leaf
+
+
+def load_weights(
+    model: torch.nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    prefix: str | None = None,
+    cast: bool = False,
+) -> LoadReport:
+    """Copy ``weights`` into ``model`` in place, onto the model's own devices.
+
+    Everything is checked before anything is copied: missing, unexpected, mis-shaped and
+    mis-typed tensors are reported together in one :class:`WeightsMismatchError`, and a failed
+    load leaves the model bit-for-bit unchanged. ``strict=False`` loads what matches and reports
+    the rest. ``prefix="backbone."`` loads the tensors under that prefix into a sub-module.
+    ``cast=True`` converts dtypes that differ (otherwise an error: no silent lossy cast).
+    Tensors tied in the weights but not in the model are tied again in the model.
+
+    >>> import torch.nn as nn
+    >>> src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
+    >>> load_weights(dst, fetch_weights(src)).loaded
+    ['weight', 'bias']
+    >>> bool((dst.weight == src.weight).all())
+    True
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise WeightsError(f"load_weights expects a torch.nn.Module, got {type(model).__name__}")
+    source: dict[str, torch.Tensor] = dict(weights.items())
+    if prefix:
+        dotted = prefix if prefix.endswith(".") else prefix + "."
+        source = {k[len(dotted) :]: v for k, v in source.items() if k.startswith(dotted)}
+        if not source:
+            heads = sorted({k.split(".")[0] + "." for k in weights})
+            raise WeightsMismatchError(
+                f"no tensor name starts with prefix {dotted!r}; "
+                f"prefixes present: {', '.join(heads) or '(none)'}"
+            )
+    for name, value in source.items():
+        _check_tensor(name, value)
+    targets = {
+        k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)
+    }
+    missing = [k for k in targets if k not in source]
+    unexpected = [k for k in source if k not in targets]
+    mismatched: list[str] = []
+    problems: list[str] = []
+    for name in missing:
+        problems.append(f"missing from the weights: {name}")
+    for name in unexpected:
+        problems.append(f"unexpected in the weights: {name}")
+    for name, target in targets.items():
+        src = source.get(name)
+        if src is None:
+            continue
+        if src.shape != target.shape:
+            mismatched.append(name)
+            problems.append(
+                f"shape mismatch: {name} is {_fmt_shape(src.shape)} in the weights, "
+                f"{_fmt_shape(target.shape)} in the model"
+            )
+        elif src.dtype != target.dtype and not cast:
+            mismatched.append(name)
+            problems.append(
+                f"dtype mismatch: {name} is {dtype_name(src.dtype, tensor=name)} in the weights, "
+                f"{dtype_name(target.dtype, tensor=name)} in the model (pass cast=True to convert)"
+            )
+    if strict and problems:
+        shown = problems[:20] + (
+            [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        )
+        raise WeightsMismatchError(
+            f"cannot load weights into {type(model).__name__}: {len(problems)} "
+            f"problem{'s' if len(problems) != 1 else ''}; the model was not changed\n  "
+            + "\n  ".join(shown)
+            + "\nPass strict=False to load what matches, or prefix=... to load a sub-module.",
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=mismatched,
+        )
+    skip = set(missing) | set(unexpected) | set(mismatched)
+    to_load = [k for k in targets if k not in skip]
+
+    # Re-tie: tensors stored once under two names must be one parameter in the model too.
+    retied: list[tuple[str, str]] = []
+    first_of: dict[tuple[Any, ...], str] = {}
+    for name in to_load:
+        owner = first_of.setdefault(_tie_key(source[name]), name)
+        if owner == name or source[name].numel() == 0:
+            continue
+        if targets[name] is targets[owner]:
+            continue
+        if isinstance(targets[owner], torch.nn.Parameter) and isinstance(
+            targets[name], torch.nn.Parameter
+        ):
+            module, leaf = _owner_module(model, name)
+            setattr(module, leaf, targets[owner])
+            targets[name] = targets[owner]
+            retied.append((name, owner))
+
+    done: set[int] = set()
+    with torch.no_grad():
+        for name in to_load:
+            target = targets[name]
+            if id(target) in done:
+                continue
+            done.add(id(target))
+            target.copy_(source[name])
+    return LoadReport(
+        loaded=to_load,
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+        retied=retied,
+    )
