@@ -130,7 +130,8 @@ class FloatType(FieldType):
         if isinstance(value, int | np.integer) and abs(int(value)) > 2**53:
             raise ValueError(f"integer {value} cannot be represented exactly as {self.name}")
         v = float(value)
-        narrowed = float(self.np_type(v)) if self.np_type is not np.float64 else v
+        with np.errstate(over="ignore"):
+            narrowed = float(self.np_type(v)) if self.np_type is not np.float64 else v
         if math.isinf(narrowed) and not math.isinf(v):
             raise ValueError(f"{v!r} overflows {self.name}")
         return narrowed

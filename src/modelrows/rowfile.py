@@ -302,6 +302,8 @@ def read_row_file(path: PathLike) -> tuple[pa.RecordBatch, DecodeContext]:
         raise NotArrowFileError(
             f"{where}: not a readable Arrow IPC file ({exc}); is it truncated?", path=where
         ) from exc
+    if reader.num_record_batches == 0:
+        raise RowCountError(f"{where}: holds 0 rows; a row file holds exactly one", path=where)
     if reader.num_record_batches != 1:
         raise RowCountError(
             f"{where}: holds {reader.num_record_batches} record batches; a row file holds "

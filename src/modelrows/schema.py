@@ -399,7 +399,9 @@ def _declare(cls: type[Row], schema: str | None, version: int | None) -> None:
                     f"{inherited.type.signature()} ({inherited.declared_in}) to "
                     f"{ftype.signature()}; a child may only narrow a type (e.g. int | None -> int)"
                 )
-            if default is _MISSING and name not in cls.__dict__:
+            # a redeclared field keeps the parent's default, if it still fits the narrowed type
+            still_fits = not (inherited.default is None and not ftype.nullable)
+            if default is _MISSING and name not in cls.__dict__ and still_fits:
                 default = inherited.default
         if default is not _MISSING:
             if callable(default) and not isinstance(default, type):
