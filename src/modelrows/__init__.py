@@ -5,6 +5,7 @@ versioned, extensible schemas after Legolas.jl; a catalog keeps one row per chec
 partitioned Arrow dataset that Polars and DuckDB query.
 """
 
+from .catalog import Catalog
 from .errors import (
     CatalogError,
     CorruptRowError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "Catalog",
     "CatalogError",
     "CorruptRowError",
     "LoadReport",

@@ -12,7 +12,7 @@ import contextlib
 import mmap
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,19 +33,26 @@ from .schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Ro
 from .weights import ALIGNMENT, Weights
 
 __all__ = [
+    "MANAGED_COLUMNS",
+    "PendingFile",
     "RowCountError",
     "decode_row",
+    "fsync_dir",
+    "prepare_row_file",
     "read_model_row",
     "read_row_file",
     "row_batch",
     "write_atomic",
     "write_model_row",
-    "write_row_file",
 ]
 
 _MAGIC = b"ARROW1"
 _MIN_FILE = 8 + 8 + 4 + 6  # magic+pad, a schema message at least, footer length, magic
 _WEIGHTS = WeightsType()
+
+
+MANAGED_COLUMNS = ("row_id", "written_at")
+"""Columns a catalog adds to every row file it writes; not fields of any row class."""
 
 
 class RowCountError(RowFileError):
@@ -106,10 +113,11 @@ def row_batch(
 ) -> pa.RecordBatch:
     """The one-row record batch of ``row``; ``managed`` adds columns (row_id ...) at the front."""
     cls = type(row)
-    if row._extras:
+    undeclared = [k for k in row._extras if k not in MANAGED_COLUMNS]
+    if undeclared:
         raise RowValidationError(
             f"this {cls.__name__} was read from a file declaring {row.declared_schema} and carries "
-            f"undeclared columns ({', '.join(row._extras)}); declare that schema to write it"
+            f"undeclared columns ({', '.join(undeclared)}); declare that schema to write it"
         )
     schema = cls.arrow_schema()
     arrays: list[pa.Array] = []
@@ -165,7 +173,71 @@ def _serialize(build: Callable[[Mapping[str, BlobPlan]], pa.RecordBatch], f: IO[
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
 
 
-def _fsync_dir(directory: Path) -> None:
+class PendingFile:
+    """A file written and flushed under a temporary name, not yet visible at its final path.
+
+    The temporary name is ``.<final name>.<pid>-<random>.tmp``: it starts with ``.`` and ends with
+    ``.tmp``, so no reader takes it for a row, and ``vacuum`` can tell whether its writer lives.
+    """
+
+    def __init__(self, path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+        self._step("create", self._write, write)
+
+    def _write(self, write: Callable[[IO[bytes]], None]) -> None:
+        with open(self.tmp, "xb") as f:
+            self.step = "write"
+            write(f)
+            self.step = "flush"
+            f.flush()
+            if self.fsync:
+                self.step = "fsync"
+                os.fsync(f.fileno())
+
+    def commit(self, *, replace: bool = True, sync_dir: bool = True) -> None:
+        """Move into place (``replace=False``: hard link, refusing to overwrite), then fsync the
+        directory unless the caller syncs it later."""
+        self._step("rename" if replace else "link", self._commit, replace, sync_dir)
+
+    def _commit(self, replace: bool, sync_dir: bool) -> None:
+        if replace:
+            os.replace(self.tmp, self.path)
+        else:
+            os.link(self.tmp, self.path)
+            self.step = "unlink"
+            os.unlink(self.tmp)
+        if self.fsync and sync_dir:
+            self.step = "directory fsync"
+            fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+    def _step(self, first: str, fn: Callable[..., None], *args: Any) -> None:
+        self.step = first
+        try:
+            fn(*args)
+        except OSError as exc:
+            self.abort()
+            visible = self.step in ("directory fsync", "unlink")
+            raise StorageError(
+                f"writing {self.path} failed at step {self.step!r}: {exc}. "
+                + (
+                    "The new file is in place but may not be durable yet."
+                    if visible
+                    else "Nothing was written there; the previous content (if any) is intact."
+                )
+            ) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory, so that a rename or a new entry in it survives a power loss."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -176,70 +248,27 @@ def _fsync_dir(directory: Path) -> None:
 def write_atomic(
     path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool = True, replace: bool = True
 ) -> None:
-    """Write ``path`` through a temporary file so it is never seen half-written.
-
-    The temporary name starts with ``.`` and ends with ``.tmp``, so no reader takes it for a row.
-    ``replace=False`` refuses to overwrite (hard link, then unlink the temporary name).
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    step = "create"
-    try:
-        with open(tmp, "xb") as f:
-            step = "write"
-            write(f)
-            step = "flush"
-            f.flush()
-            if fsync:
-                step = "fsync"
-                os.fsync(f.fileno())
-        if replace:
-            step = "rename"
-            os.replace(tmp, path)
-        else:
-            step = "link"
-            os.link(tmp, path)
-            step = "unlink"
-            os.unlink(tmp)
-        if fsync:
-            step = "directory fsync"
-            _fsync_dir(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        visible = step in ("directory fsync", "unlink")
-        raise StorageError(
-            f"writing {path} failed at step {step!r}: {exc}. "
-            + (
-                "The new file is in place but may not be durable yet."
-                if visible
-                else "Nothing was written there; the previous content (if any) is intact."
-            )
-        ) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``path`` through a temporary file so it is never seen half-written."""
+    PendingFile(path, write, fsync=fsync).commit(replace=replace)
 
 
-def write_row_file(
+def prepare_row_file(
     path: PathLike,
     row: Row,
     *,
     managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
     fsync: bool = True,
-    replace: bool = True,
-) -> None:
-    """Write one row (plus ``managed`` columns) as an Arrow IPC file, atomically."""
+) -> PendingFile:
+    """Write one row (plus ``managed`` columns) under a temporary name; commit() publishes it."""
     if not isinstance(row, Row) or not type(row).__identifier__:
         raise RowValidationError(
             f"expected a row (an instance of a declared Row class), got {type(row).__name__}"
         )
-    target = Path(path)
 
     def write(f: IO[bytes]) -> None:
         _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f)
 
-    write_atomic(target, write, fsync=fsync, replace=replace)
+    return PendingFile(Path(path), write, fsync=fsync)
 
 
 def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
@@ -255,7 +284,7 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
     >>> read_model_row(path).architecture_version
     1
     """
-    write_row_file(path, row, fsync=fsync)
+    prepare_row_file(path, row, fsync=fsync).commit()
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -357,8 +386,6 @@ def decode_row(
     batch: pa.RecordBatch | pa.Table,
     index: int,
     ctx: DecodeContext,
-    *,
-    skip: Sequence[str] = (),
 ) -> Row:
     """Row ``index`` of ``batch`` as an instance of the nearest declared class of its schema."""
     where = ctx.where
@@ -367,8 +394,6 @@ def decode_row(
     cls.validate_schema(batch.schema, where=where)
     values: dict[str, Any] = {}
     for i, f in enumerate(batch.schema):
-        if f.name in skip:
-            continue
         column = batch.column(i)
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()

@@ -1,0 +1,486 @@
+"""The catalog: one row per checkpoint in a hive-partitioned Arrow dataset on disk.
+
+Layout (docs/format.md)::
+
+    root/_modelrows_catalog.json                      what the catalog remembers
+    root/<key>=<value>/.../<row_id>.<schema>.arrow    one immutable file per append
+
+Appends need no lock: each row is written under a temporary name (``.``-prefixed, ``.tmp``
+suffix), flushed and fsynced, then hard-linked into place under a unique, time-ordered row id,
+and the directory is fsynced. Queries go through one pyarrow dataset, which Polars and DuckDB
+scan with projection and filter pushdown: a query that does not name ``weights`` reads none of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from .arrowtypes import WEIGHTS_ARROW_TYPE, IntType
+from .errors import CatalogError, ModelRowsError, RowNotFoundError
+from .rowfile import (
+    MANAGED_COLUMNS,
+    PathLike,
+    PendingFile,
+    decode_row,
+    fsync_dir,
+    prepare_row_file,
+    read_row_file,
+    verify_row,
+    write_atomic,
+)
+from .schema import ModelV1, Row, nearest_declared
+
+__all__ = ["CATALOG_FILE", "Catalog", "new_row_id"]
+
+CATALOG_FILE = "_modelrows_catalog.json"
+CATALOG_FORMAT_VERSION = 1
+MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
+_ROW_ID_TYPE = pa.string()
+_WRITTEN_AT_TYPE = pa.timestamp("us", tz="UTC")
+
+# -- row ids: ULIDs (48-bit milliseconds, 80 random bits, Crockford base32), monotonic per process --
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id = [0, 0]
+
+
+def new_row_id() -> str:
+    """A unique, time-ordered 26-character row id (a ULID)."""
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_id[0]:
+            ms, rand = _last_id[0], _last_id[1] + 1  # same millisecond: count up
+        else:
+            rand = int.from_bytes(secrets.token_bytes(10), "big")
+        _last_id[0], _last_id[1] = ms, rand
+    value = (ms << 80) | (rand & ((1 << 80) - 1))
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def _encode_segment(key: str, value: object) -> str:
+    return f"{key}={urllib.parse.quote(str(value), safe='')}"
+
+
+def _is_row_file(name: str) -> bool:
+    return name.endswith(".arrow") and not name.startswith(("_", "."))
+
+
+class Catalog:
+    """A partitioned Arrow dataset of model rows on disk.
+
+    >>> import tempfile, torch.nn as nn
+    >>> from modelrows import ModelV1, fetch_weights
+    >>> class RunRowV1(ModelV1, schema="doc.run", version=1):
+    ...     run: str
+    ...     epoch: int | None = None
+    >>> catalog = Catalog.create(tempfile.mkdtemp() + "/runs", RunRowV1, partition_by=["run"])
+    >>> row_id = catalog.append(RunRowV1(weights=fetch_weights(nn.Linear(2, 2)), run="a", epoch=1))
+    >>> catalog.scan().select("run", "epoch").collect().rows()
+    [('a', 1)]
+    >>> catalog.get(row_id).epoch
+    1
+    """
+
+    def __init__(self, root: Path, meta: dict[str, Any]) -> None:
+        """Use :meth:`create` or :meth:`open`."""
+        self.root = root
+        self.schema: str = meta["schema"]
+        self.partition_by: tuple[str, ...] = tuple(meta["partition_by"])
+        self.arrow_schema: pa.Schema = meta["_arrow_schema"]
+        self.schema_name = self.schema.split(">")[0].split("@")[0]
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- creating and opening -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, root: PathLike, row_class: type[Row], *, partition_by: Sequence[str] = ()
+    ) -> Catalog:
+        """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there)."""
+        if not (isinstance(row_class, type) and issubclass(row_class, ModelV1)):
+            raise CatalogError(
+                f"a catalog holds model rows: {row_class!r} does not extend ModelV1 "
+                "(modelrows.model@1)"
+            )
+        if isinstance(partition_by, str):
+            raise CatalogError(f"partition_by takes a list of field names, e.g. [{partition_by!r}]")
+        keys = list(partition_by)
+        for key in keys:
+            field = row_class.__row_fields__.get(key)
+            if field is None:
+                raise CatalogError(
+                    f"cannot partition by {key!r}: {row_class.__name__} has no such field "
+                    f"(fields: {', '.join(row_class.__row_fields__)})"
+                )
+            if not (field.type.name == "str" or isinstance(field.type, IntType)):
+                raise CatalogError(
+                    f"cannot partition by {key!r} of type {field.type.signature()}: partition "
+                    "fields must be str or int"
+                )
+        if len(set(keys)) != len(keys):
+            raise CatalogError(f"partition_by repeats a field: {keys}")
+        target = Path(root)
+        file_schema = _file_schema(row_class)
+        meta = {
+            "format": "modelrows.catalog",
+            "format_version": CATALOG_FORMAT_VERSION,
+            "schema": row_class.__qualified__,
+            "partition_by": keys,
+            "arrow_schema": base64.b64encode(file_schema.serialize().to_pybytes()).decode("ascii"),
+        }
+        existing = target / CATALOG_FILE
+        if not existing.exists():
+            if target.exists() and any(
+                not p.name.startswith(".") and p.name != "README.md" for p in target.iterdir()
+            ):
+                raise CatalogError(
+                    f"{target} is not empty and holds no catalog; choose an empty or new directory"
+                )
+            target.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(meta, indent=2).encode("utf-8") + b"\n"
+
+            def write(f: IO[bytes]) -> None:
+                f.write(text)
+
+            try:
+                write_atomic(existing, write, replace=False)
+            except ModelRowsError:
+                if not existing.exists():  # lost a race with another creator: compare below
+                    raise
+        catalog = cls.open(target)
+        if catalog.schema != row_class.__qualified__ or catalog.partition_by != tuple(keys):
+            raise CatalogError(
+                f"{target} already holds a catalog of {catalog.schema} partitioned by "
+                f"{list(catalog.partition_by)}; cannot create one of {row_class.__qualified__} "
+                f"partitioned by {keys}. Open it with Catalog.open, or choose another directory."
+            )
+        return catalog
+
+    @classmethod
+    def open(cls, root: PathLike) -> Catalog:
+        """Open the catalog at ``root``; its row class need not be imported for queries."""
+        target = Path(root)
+        path = target / CATALOG_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise CatalogError(
+                f"no catalog at {target} ({CATALOG_FILE} is missing); create one with "
+                "Catalog.create(root, RowClass, partition_by=[...])"
+            ) from None
+        except OSError as exc:
+            raise CatalogError(f"cannot read {path}: {exc}") from exc
+        try:
+            meta = json.loads(raw)
+            if meta.get("format") != "modelrows.catalog":
+                raise ValueError("'format' is not 'modelrows.catalog'")
+            version = meta.get("format_version")
+            if not isinstance(version, int) or version > CATALOG_FORMAT_VERSION:
+                raise CatalogError(
+                    f"{path}: catalog format version {version!r}; this modelrows reads up to "
+                    f"{CATALOG_FORMAT_VERSION}. Upgrade modelrows to open it."
+                )
+            if not isinstance(meta.get("schema"), str) or not isinstance(
+                meta.get("partition_by"), list
+            ):
+                raise ValueError("'schema' or 'partition_by' is missing")
+            meta["_arrow_schema"] = pa.ipc.read_schema(
+                pa.py_buffer(base64.b64decode(meta["arrow_schema"], validate=True))
+            )
+        except CatalogError:
+            raise
+        except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+            raise CatalogError(f"{path} is not a valid catalog description: {exc}") from exc
+        return cls(target, meta)
+
+    def __repr__(self) -> str:
+        return (
+            f"Catalog({str(self.root)!r}, schema={self.schema!r}, "
+            f"partition_by={list(self.partition_by)})"
+        )
+
+    @property
+    def row_class(self) -> type[Row]:
+        """The nearest class of the catalog's schema declared in this process."""
+        return nearest_declared(self.schema, where=str(self.root))
+
+    # -- appending ----------------------------------------------------------------------------------
+    def _check_row(self, row: Row) -> list[str]:
+        qualified = getattr(type(row), "__qualified__", None)
+        if not isinstance(row, Row) or qualified != self.schema:
+            raise CatalogError(
+                f"{self.root} holds {self.schema} rows; refusing a row of "
+                f"{qualified or type(row).__name__}"
+            )
+        segments = []
+        for key in self.partition_by:
+            value = getattr(row, key)
+            if value is None:
+                raise CatalogError(
+                    f"partition field {key!r} is None; every row of {self.root} needs a {key}"
+                )
+            if value == "":
+                raise CatalogError(f"partition field {key!r} is empty; give it a value")
+            segment = _encode_segment(key, value)
+            if len(segment.encode()) > MAX_PARTITION_SEGMENT:
+                raise CatalogError(
+                    f"partition value of {key!r} is too long ({len(segment)} bytes encoded, at most "
+                    f"{MAX_PARTITION_SEGMENT}); use a shorter value"
+                )
+            segments.append(segment)
+        return segments
+
+    def _prepare(self, row: Row, segments: list[str], *, fsync: bool) -> tuple[str, PendingFile]:
+        directory = self.root.joinpath(*segments)
+        self._mkdirs(directory, fsync=fsync)
+        row_id = new_row_id()
+        managed = {
+            "row_id": (_ROW_ID_TYPE, row_id),
+            "written_at": (_WRITTEN_AT_TYPE, dt.datetime.now(dt.timezone.utc)),
+        }
+        path = directory / f"{row_id}.{self.schema_name}.arrow"
+        return row_id, prepare_row_file(path, row, managed=managed, fsync=fsync)
+
+    def _mkdirs(self, directory: Path, *, fsync: bool) -> None:
+        missing = []
+        d = directory
+        while not d.exists() and d != self.root:
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise CatalogError(f"cannot create partition directory {d}: {exc}") from exc
+            if fsync:
+                fsync_dir(d.parent)
+
+    def append(self, row: Row, *, fsync: bool = True) -> str:
+        """Write ``row`` as one immutable file in its partition; return its new row id.
+
+        Atomic and lock-free: concurrent writers in separate processes never collide, and a
+        crash leaves either the whole row or nothing visible. ``fsync=False`` skips the flushes
+        to stable storage (faster; a power loss may then lose recent rows, never tear one).
+        """
+        segments = self._check_row(row)
+        row_id, pending = self._prepare(row, segments, fsync=fsync)
+        pending.commit(replace=False)
+        return row_id
+
+    def append_many(self, rows: Iterable[Row], *, fsync: bool = True) -> list[str]:
+        """Append several rows: every row is checked and written before any becomes visible."""
+        batch = list(rows)
+        segments = [self._check_row(r) for r in batch]
+        prepared: list[tuple[str, PendingFile]] = []
+        try:
+            for row, segs in zip(batch, segments, strict=True):
+                prepared.append(self._prepare(row, segs, fsync=fsync))
+        except BaseException:
+            for _, pending in prepared:
+                pending.abort()
+            raise
+        committed: list[PendingFile] = []
+        try:
+            for _, pending in prepared:
+                pending.commit(replace=False, sync_dir=False)
+                committed.append(pending)
+        except BaseException:
+            for _, pending in prepared:
+                pending.abort()
+            for pending in committed:  # take back what became visible: all or nothing
+                pending.path.unlink(missing_ok=True)
+            raise
+        if fsync:
+            for directory in {p.path.parent for _, p in prepared}:
+                fsync_dir(directory)
+        return [row_id for row_id, _ in prepared]
+
+    # -- finding files ------------------------------------------------------------------------------
+    def _row_files(self) -> dict[str, Path]:
+        """Every row file under the root, by row id, without opening any."""
+        found: dict[str, Path] = {}
+        depth = len(self.partition_by)
+
+        def walk(directory: Path, level: int) -> None:
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                return
+            for entry in entries:
+                if entry.name.startswith((".", "_")):
+                    continue
+                if level < depth:
+                    if entry.is_dir(follow_symlinks=False) and "=" in entry.name:
+                        walk(Path(entry.path), level + 1)
+                elif _is_row_file(entry.name) and entry.is_file(follow_symlinks=False):
+                    found[entry.name.split(".", 1)[0]] = Path(entry.path)
+
+        walk(self.root, 0)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._row_files())
+
+    def path_of(self, row_id: str) -> Path:
+        """The file holding ``row_id``; RowNotFoundError if there is none."""
+        path = self._row_files().get(row_id)
+        if path is None:
+            raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.root}")
+        return path
+
+    # -- queries --------------------------------------------------------------------------------------
+    def dataset(self) -> ds.Dataset:
+        """A pyarrow dataset over every row file (hive partitions, explicit schema)."""
+        partitioning = ds.partitioning(
+            pa.schema([self.arrow_schema.field(k) for k in self.partition_by]), flavor="hive"
+        )
+        files = sorted(str(p) for p in self._row_files().values())
+        return ds.dataset(
+            files,
+            schema=self.arrow_schema,
+            format="arrow",
+            partitioning=partitioning,
+            partition_base_dir=str(self.root),
+        )
+
+    def _columns(self, *, weights: bool) -> list[str]:
+        return [
+            f.name for f in self.arrow_schema if weights or f.name not in self._weight_columns()
+        ]
+
+    def _weight_columns(self) -> set[str]:
+        return {f.name for f in self.arrow_schema if f.type == WEIGHTS_ARROW_TYPE}
+
+    def scan(self, *, weights: bool = False) -> pl.LazyFrame:
+        """A Polars LazyFrame of every row: all columns but weights (unless asked), with row_id."""
+        columns = self._columns(weights=weights)
+        return pl.scan_pyarrow_dataset(self.dataset()).select(columns)
+
+    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+        """Run DuckDB SQL where the table ``models`` is the catalog; returns a relation."""
+        if self._con is None:
+            self._con = duckdb.connect()
+        con = self._con
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("models")
+        con.register("models", self.dataset())
+        try:
+            return con.sql(query)
+        except duckdb.Error as exc:
+            raise CatalogError(f"SQL error: {exc}".replace("\n", " ")) from exc
+
+    def _ids(self, *, where: str | None, order: str) -> list[str]:
+        clause = f"WHERE {where}" if where else ""
+        rel = self.sql(f"SELECT row_id FROM models {clause} ORDER BY {order}")
+        return [r[0] for r in rel.fetchall()]
+
+    def best(
+        self, by: str, *, descending: bool = True, where: str | None = None, verify: bool = False
+    ) -> Row | None:
+        """The row with the highest ``by`` (lowest with ``descending=False``), or None if none.
+
+        ``where`` is a SQL condition (``"run = 'a' AND epoch > 2"``). Ties go to the earliest row.
+        """
+        if by not in self.arrow_schema.names or by in self._weight_columns():
+            raise CatalogError(
+                f"cannot rank by {by!r}: not a column of {self.schema} "
+                f"(columns: {', '.join(self._columns(weights=False))})"
+            )
+        cond = f'"{by}" IS NOT NULL' + (f" AND ({where})" if where else "")
+        ids = self._ids(
+            where=cond, order=f'"{by}" {"DESC" if descending else "ASC"}, row_id LIMIT 1'
+        )
+        return self.get(ids[0], verify=verify) if ids else None
+
+    def get(self, row_id: str, *, verify: bool = False) -> Row:
+        """One row by id, weights zero-copy; opens exactly one file.
+
+        The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
+        """
+        path = self.path_of(row_id)
+        batch, ctx = read_row_file(path)
+        row = decode_row(batch, 0, ctx)
+        if verify:
+            verify_row(row, where=ctx.where)
+        return row
+
+    def rows(self, where: str | None = None, *, verify: bool = False) -> Iterator[Row]:
+        """Every row (matching the SQL condition ``where``), oldest first."""
+        for row_id in self._ids(where=where, order="row_id"):
+            yield self.get(row_id, verify=verify)
+
+    # -- housekeeping ------------------------------------------------------------------------------
+    def vacuum(self, *, older_than: float = 3600.0) -> list[Path]:
+        """Remove temporary files left by crashed writers; return what was removed.
+
+        A temporary file is removed when the process that wrote it (named in it) is gone from this
+        machine, or when it is older than ``older_than`` seconds.
+        """
+        removed = []
+        now = time.time()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
+            for name in filenames:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    age = now - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > older_than or not _writer_alive(name):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
+    def verify(self) -> list[tuple[str, Path, str]]:
+        """Re-check every row's structure and checksum; return (row_id, path, problem) of bad ones."""
+        bad = []
+        for row_id, path in sorted(self._row_files().items()):
+            try:
+                batch, ctx = read_row_file(path)
+                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
+            except ModelRowsError as exc:
+                bad.append((row_id, path, str(exc)))
+        return bad
+
+
+def _file_schema(row_class: type[Row]) -> pa.Schema:
+    schema = row_class.arrow_schema()
+    managed = [pa.field("row_id", _ROW_ID_TYPE, nullable=False),
+               pa.field("written_at", _WRITTEN_AT_TYPE, nullable=False)]  # fmt: skip
+    assert [f.name for f in managed] == list(MANAGED_COLUMNS)
+    return pa.schema(managed + list(schema), metadata=schema.metadata)
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the pid in ``.<name>.<pid>-<hex>.tmp`` is a live process on this machine."""
+    try:
+        pid = int(tmp_name[: -len(".tmp")].rsplit(".", 1)[1].split("-")[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
