@@ -1,0 +1,285 @@
+"""The catalog: appends, partitions, Polars and DuckDB queries, best/get/rows, reopening."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pyarrow.dataset as ds
+import pytest
+import torch
+import torch.nn as nn
+
+from modelrows import (
+    Catalog,
+    CatalogError,
+    ModelV1,
+    Row,
+    RowNotFoundError,
+    fetch_weights,
+    load_weights,
+)
+from modelrows.catalog import new_row_id
+
+
+class ConfigV1(Row, schema="cat.config", version=1):
+    seed: int = 5
+    dropout_rate: float = 0.0
+
+
+class RunRowV1(ModelV1, schema="cat.model", version=1):
+    run: str
+    epoch: int | None = None
+    accuracy: float | None = None
+    commit_sha: str | None = None
+    config: ConfigV1 | None = None
+
+
+def model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+
+
+def row(run: str, epoch: int, accuracy: float | None, seed: int = 0) -> RunRowV1:
+    return RunRowV1(
+        weights=fetch_weights(model(seed)), run=run, epoch=epoch, accuracy=accuracy,
+        commit_sha=f"sha{epoch}", config=ConfigV1(seed=seed),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    return Catalog.create(tmp_path / "cat", RunRowV1, partition_by=["run"])
+
+
+def filled(catalog: Catalog) -> dict[str, tuple[str, int, float]]:
+    ids = {}
+    for run, accs in {"a": [0.5, 0.7, 0.6], "b": [0.4, 0.9, 0.8]}.items():
+        for epoch, acc in enumerate(accs):
+            ids[catalog.append(row(run, epoch, acc, seed=epoch))] = (run, epoch, acc)
+    return ids
+
+
+def test_appends_land_in_partitions_as_one_file_each(catalog: Catalog) -> None:
+    ids = filled(catalog)
+    assert len(catalog) == 6
+    assert len(set(ids)) == 6
+    files = sorted(p.relative_to(catalog.root).as_posix() for p in catalog.root.rglob("*.arrow"))
+    assert [f.split("/")[0] for f in files] == ["run=a"] * 3 + ["run=b"] * 3
+    assert all(f.endswith(".cat.model.arrow") for f in files)
+    meta = json.loads((catalog.root / "_modelrows_catalog.json").read_text())
+    assert meta["schema"] == "cat.model@1>modelrows.model@1"
+    assert meta["partition_by"] == ["run"]
+
+
+def test_row_ids_are_unique_and_time_ordered() -> None:
+    ids = [new_row_id() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    assert ids == sorted(ids)
+    assert all(len(i) == 26 for i in ids)
+
+
+def test_scan_and_sql_agree(catalog: Catalog) -> None:
+    ids = filled(catalog)
+    lf = catalog.scan()
+    assert isinstance(lf, pl.LazyFrame)
+    assert lf.collect_schema().names() == [
+        "row_id", "written_at", "architecture_version", "run", "epoch", "accuracy",
+        "commit_sha", "config",
+    ]  # fmt: skip
+    by_polars = (
+        lf.filter(pl.col("run") == "b").sort("accuracy", descending=True)
+        .select("row_id", "epoch", "accuracy").collect().rows()
+    )  # fmt: skip
+    by_duckdb = catalog.sql(
+        "SELECT row_id, epoch, accuracy FROM models WHERE run = 'b' ORDER BY accuracy DESC"
+    ).fetchall()
+    assert by_polars == by_duckdb
+    assert [r[1:] for r in by_duckdb] == [(1, 0.9), (2, 0.8), (0, 0.4)]
+    assert {r[0] for r in by_duckdb} == {i for i, v in ids.items() if v[0] == "b"}
+    cfg = catalog.sql("SELECT config.seed FROM models WHERE epoch = 2 ORDER BY run").fetchall()
+    assert cfg == [(2,), (2,)]
+    assert "weights" in catalog.scan(weights=True).collect_schema().names()
+    assert isinstance(catalog.dataset(), ds.Dataset)
+
+
+def test_best_get_and_rows(catalog: Catalog) -> None:
+    ids = filled(catalog)
+    best = catalog.best("accuracy")
+    assert isinstance(best, RunRowV1)
+    assert (best.run, best.epoch, best.accuracy) == ("b", 1, 0.9)
+    assert ids[best.row_id] == ("b", 1, 0.9)
+    worst = catalog.best("accuracy", descending=False)
+    assert worst is not None
+    assert worst.accuracy == 0.4
+    best_a = catalog.best("accuracy", where="run = 'a'")
+    assert best_a is not None
+    assert (best_a.run, best_a.epoch) == ("a", 1)
+    assert catalog.best("accuracy", where="run = 'nope'") is None
+
+    fresh = model(1)
+    load_weights(fresh, best.weights)
+    assert torch.equal(fresh[0].weight, model(1)[0].weight)
+
+    some_id = next(iter(ids))
+    got = catalog.get(some_id, verify=True)
+    assert (got.run, got.epoch, got.accuracy) == ids[some_id]
+    assert got.config == ConfigV1(seed=got.epoch)
+    with pytest.raises(RowNotFoundError, match="no row 'NOPE' in the catalog at"):
+        catalog.get("NOPE")
+
+    epochs = [(r.run, r.epoch) for r in catalog.rows(where="epoch >= 1")]
+    assert epochs == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]  # oldest first
+    assert len(list(catalog.rows())) == 6
+
+
+def test_best_ignores_nulls_and_rejects_unknown_columns(catalog: Catalog) -> None:
+    catalog.append(row("a", 0, None))
+    catalog.append(row("a", 1, 0.3))
+    best = catalog.best("accuracy")
+    assert best is not None
+    assert best.accuracy == 0.3
+    with pytest.raises(CatalogError, match="cannot rank by 'loss': not a column"):
+        catalog.best("loss")
+    with pytest.raises(CatalogError, match="cannot rank by 'weights'"):
+        catalog.best("weights")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a/b", "x=y", "with space", "ünïcödé ✓", "..", "100%", "a\\b", "_under", ".dot", "?#&"],
+)
+def test_partition_values_with_odd_characters_roundtrip(catalog: Catalog, value: str) -> None:
+    row_id = catalog.append(row(value, 1, 0.5))
+    assert catalog.get(row_id).run == value
+    assert catalog.scan().select("run").collect().item() == value
+    assert catalog.sql("SELECT run FROM models").fetchall() == [(value,)]
+    assert catalog.sql(
+        f"SELECT count(*) FROM models WHERE run = '{value.replace(chr(39), '')}'"
+    ).fetchall() == [(1,)]
+    (directory,) = [p for p in catalog.root.iterdir() if p.is_dir()]
+    assert directory.name.startswith("run=")
+    assert "/" not in directory.name[4:]
+
+
+def test_refused_rows_write_nothing(catalog: Catalog, tmp_path: Path) -> None:
+    class OtherV1(ModelV1, schema="cat.other", version=1):
+        run: str
+
+    other = OtherV1(weights=fetch_weights(model(0)), run="a")
+    with pytest.raises(CatalogError) as info:
+        catalog.append(other)
+    assert str(info.value) == (
+        f"{catalog.root} holds cat.model@1>modelrows.model@1 rows; refusing a row of "
+        "cat.other@1>modelrows.model@1"
+    )
+    with pytest.raises(CatalogError, match="partition field 'run' is empty"):
+        catalog.append(row("", 0, 0.1))
+    with pytest.raises(CatalogError, match="partition value of 'run' is too long"):
+        catalog.append(row("x" * 300, 0, 0.1))
+    assert len(catalog) == 0
+    assert [p.name for p in catalog.root.iterdir()] == ["_modelrows_catalog.json"]
+
+
+def test_null_partition_value_is_refused(tmp_path: Path) -> None:
+    cat = Catalog.create(tmp_path / "c", RunRowV1, partition_by=["epoch"])
+    with pytest.raises(CatalogError, match="partition field 'epoch' is None"):
+        cat.append(RunRowV1(weights=fetch_weights(model(0)), run="a"))
+    rid = cat.append(row("a", 7, 0.1))
+    assert cat.get(rid).epoch == 7
+    assert cat.scan().select("epoch").collect().item() == 7
+
+
+def test_append_many_is_all_or_nothing_on_refusal(catalog: Catalog) -> None:
+    ids = catalog.append_many([row("a", 0, 0.1), row("b", 0, 0.2)])
+    assert len(ids) == 2
+    assert len(catalog) == 2
+    with pytest.raises(CatalogError, match="is empty"):
+        catalog.append_many([row("a", 1, 0.3), row("", 1, 0.3)])
+    assert len(catalog) == 2
+
+
+def test_create_and_open_rules(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    Catalog.create(root, RunRowV1, partition_by=["run"])
+    assert Catalog.create(root, RunRowV1, partition_by=["run"]).partition_by == ("run",)
+    with pytest.raises(
+        CatalogError,
+        match=r"already holds a catalog of cat.model@1>modelrows.model@1 partitioned by \['run'\]",
+    ):
+        Catalog.create(root, RunRowV1, partition_by=[])
+    with pytest.raises(CatalogError, match="no catalog at"):
+        Catalog.open(tmp_path / "nowhere")
+    with pytest.raises(CatalogError, match="RunRowV1 has no such field"):
+        Catalog.create(tmp_path / "d", RunRowV1, partition_by=["loss"])
+    with pytest.raises(CatalogError, match="partition fields must be str or int"):
+        Catalog.create(tmp_path / "d", RunRowV1, partition_by=["accuracy"])
+    with pytest.raises(CatalogError, match="does not extend ModelV1"):
+        Catalog.create(tmp_path / "d", ConfigV1)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(CatalogError, match="is not empty and holds no catalog"):
+        Catalog.create(busy, RunRowV1)
+    (root / "_modelrows_catalog.json").write_text("{not json")
+    with pytest.raises(CatalogError, match="is not a valid catalog description"):
+        Catalog.open(root)
+
+
+def test_empty_catalog_queries_return_empty_results(catalog: Catalog) -> None:
+    assert len(catalog) == 0
+    frame = catalog.scan().collect()
+    assert frame.height == 0
+    assert "accuracy" in frame.columns
+    rel = catalog.sql("SELECT run, accuracy FROM models")
+    assert rel.columns == ["run", "accuracy"]
+    assert rel.fetchall() == []
+    assert catalog.best("accuracy") is None
+    assert list(catalog.rows()) == []
+
+
+def test_non_row_files_are_ignored(catalog: Catalog) -> None:
+    filled(catalog)
+    (catalog.root / "README.md").write_text("about this catalog")
+    (catalog.root / "run=a" / "notes.txt").write_text("x")
+    (catalog.root / "run=a" / ".hidden.arrow").write_bytes(b"garbage")
+    (catalog.root / "run=a" / "_scratch.arrow").write_bytes(b"garbage")
+    (catalog.root / "run=a" / ".01ABC.cat.model.arrow.123-abc.tmp").write_bytes(b"partial")
+    assert len(catalog) == 6
+    assert catalog.scan().collect().height == 6
+    assert catalog.sql("SELECT count(*) FROM models").fetchall() == [(6,)]
+
+
+def test_a_fresh_process_queries_without_the_row_class(catalog: Catalog) -> None:
+    ids = filled(catalog)
+    best_id = max(ids, key=lambda i: ids[i][2])
+    code = (
+        "import sys; from modelrows import Catalog\n"
+        "c = Catalog.open(sys.argv[1])\n"
+        "print(len(c), c.sql('SELECT max(accuracy) FROM models').fetchall()[0][0])\n"
+        "r = c.best('accuracy')\n"
+        "print(type(r).__name__, r.row_id, r.run, r.epoch, r.config['seed'], len(r.weights))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(catalog.root)], capture_output=True, text=True,
+        check=True, env=env,
+    ).stdout.split()  # fmt: skip
+    assert out == ["6", "0.9", "ModelV1", best_id, "b", "1", "1", "7"]
+
+
+def test_reopened_catalog_loads_the_best_model_into_a_fresh_model(catalog: Catalog) -> None:
+    filled(catalog)
+    again = Catalog.open(catalog.root)
+    assert again.row_class is RunRowV1
+    best = again.best("accuracy")
+    assert best is not None
+    net = model(123)
+    load_weights(net, best.weights)
+    reference = model(best.config.seed)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(net.state_dict()[name], tensor)
