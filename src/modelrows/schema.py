@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -134,7 +135,9 @@ class Row:
         cls, *, schema: str | None = None, version: int | None = None, **kwargs: Any
     ) -> None:
         super().__init_subclass__(**kwargs)
-        _declare(cls, schema, version)
+        # the frame running the class statement: string annotations may name its locals
+        scope = sys._getframe(1)
+        _declare(cls, schema, version, {**scope.f_globals, **scope.f_locals})
 
     # -- construction ----------------------------------------------------------------------------
     def __init__(self, **values: Any) -> None:
@@ -352,7 +355,9 @@ def _convert(cls: type[Row], f: Field, value: Any) -> Any:
 _RESERVED = {n for n in dir(Row) if not n.startswith("__")} | {"row_id", "written_at"}
 
 
-def _declare(cls: type[Row], schema: str | None, version: int | None) -> None:
+def _declare(
+    cls: type[Row], schema: str | None, version: int | None, scope: dict[str, Any]
+) -> None:
     where = cls.__qualname__
     if schema is None or version is None:
         raise SchemaError(
@@ -379,7 +384,7 @@ def _declare(cls: type[Row], schema: str | None, version: int | None) -> None:
             )
     qualified = identifier if parent is Row else f"{identifier}>{parent.__qualified__}"
 
-    own = _own_annotations(cls)
+    own = _own_annotations(cls, scope)
     fields: dict[str, Field] = dict(parent.__row_fields__)
     for name, annotation in own.items():
         if typing.get_origin(annotation) is ClassVar or annotation is ClassVar:
@@ -436,9 +441,9 @@ def _declare(cls: type[Row], schema: str | None, version: int | None) -> None:
     _registry[identifier] = cls  # an identical re-declaration (a notebook cell) takes over
 
 
-def _own_annotations(cls: type) -> dict[str, Any]:
+def _own_annotations(cls: type, scope: dict[str, Any]) -> dict[str, Any]:
     try:
-        return dict(inspect.get_annotations(cls, eval_str=True))
+        return dict(inspect.get_annotations(cls, eval_str=True, globals=scope))
     except NameError as exc:
         raise SchemaError(
             f"{cls.__qualname__}: cannot resolve an annotation ({exc}); define the types it "
