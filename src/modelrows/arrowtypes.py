@@ -59,6 +59,15 @@ class FieldType:
         """A value read from Arrow (``as_py()``), before ``convert``."""
         return value
 
+    def decode(self, array: pa.Array, index: int, ctx: DecodeContext) -> Any:
+        """The value of row ``index`` of ``array`` (a column of a file ``ctx`` describes).
+
+        By default ``as_py()`` then ``from_py``; types that can hand out views of the file's
+        bytes (weights) override it.
+        """
+        value = array[index].as_py()
+        return None if value is None else self.from_py(value)
+
     def to_arrow(self, values: Sequence[Any]) -> pa.Array:
         return pa.array(
             [None if v is None else self.to_py(v) for v in values], type=self.arrow_type
@@ -522,13 +531,14 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
 
 def _writable_layout(w: Weights) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
     """Weights whose storage we packed write as they are; others (mapped files) are repacked."""
+    storage = w._packed()
     first = min((e.offset for e in w.entries if e.nbytes), default=ALIGNMENT)
     if first >= ALIGNMENT and all(
-        (w._storage.data_ptr() + e.offset) % ALIGNMENT == 0 for e in w.entries if e.nbytes
+        (storage.data_ptr() + e.offset) % ALIGNMENT == 0 for e in w.entries if e.nbytes
     ):
-        return w._storage, w.entries
+        return storage, w.entries
     packed = Weights(w.state_dict())
-    return packed._storage, packed.entries
+    return packed._packed(), packed.entries
 
 
 def weights_type_problem(t: pa.DataType) -> str | None:
