@@ -594,8 +594,18 @@ _SCALARS = _scalar_types()
 
 
 def resolve(annotation: Any, *, where: str) -> FieldType:
-    """The FieldType of an annotation; SchemaError naming ``where`` if it cannot be mapped."""
+    """The FieldType of an annotation; SchemaError naming ``where`` if it cannot be mapped.
+
+    ``Annotated[T, field_type]`` uses the given FieldType instance (a column layout other than
+    the default for ``T``, such as LegolasFlux.jl's weights); other metadata is ignored.
+    """
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *metadata = typing.get_args(annotation)
+        given = [m for m in metadata if isinstance(m, FieldType)]
+        if len(given) > 1:
+            raise SchemaError(f"{where}: {annotation!r} names {len(given)} field types; give one")
+        return given[0] if given else resolve(base, where=where)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(members) != 1 or len(members) == len(typing.get_args(annotation)):
