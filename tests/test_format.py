@@ -29,6 +29,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
+from modelrows.weights import DTYPE_NAMES
 
 GOLDEN = Path(__file__).parent / "golden"
 V1 = GOLDEN / "v1"
@@ -79,6 +80,13 @@ SPEC_WEIGHTS = pa.struct(
         pa.field("checksum", pa.utf8(), nullable=False),
     ]
 )
+
+
+def test_the_spec_names_every_dtype_the_library_stores() -> None:
+    spec = (Path(__file__).parent.parent / "docs" / "format.md").read_text()
+    for name, dtype in DTYPE_NAMES.items():
+        assert f"`{name}`" in spec, f"docs/format.md does not specify dtype {name}"
+        assert SPEC_ITEMSIZE[name] == dtype.itemsize, name
 
 
 def open_golden(path: Path) -> tuple[bytes, pa.RecordBatch, pa.Buffer]:
