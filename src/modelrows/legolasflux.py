@@ -5,7 +5,10 @@ arrays as a ``weights`` struct column holding a list of ``FlatArray`` structs: `
 array's elements in Julia's column-major order) and ``size`` (its dimensions, as Julia reports
 them). modelrows reads that column as :class:`~modelrows.Weights` whose tensors are named by
 position (``"0"``, ``"1"`` ...) and keep Julia's shapes, with element ``[i, j, ...]`` equal to
-Julia's ``A[i+1, j+1, ...]``: zero-copy column-major views of the mapped file.
+Julia's ``A[i+1, j+1, ...]``: zero-copy column-major views of the mapped file. The Arrow
+extension names in the fields' metadata (``JuliaLang.LegolasFlux.Weights``,
+``JuliaLang.LegolasFlux.FlatArray``) are left as metadata: no extension type is registered, the
+columns are read by their storage types.
 
 Mapping those arrays onto PyTorch layers (Conv kernels, Dense weights, the flatten order) is the
 user's code, as the model is; docs/interop.md shows how. modelrows reads these rows but does not
@@ -28,11 +31,6 @@ from .schema import Row
 from .weights import DTYPE_NAMES, Weights
 
 __all__ = ["FlatArrayWeights", "FlatArrayWeightsType", "LegolasFluxModelV1"]
-
-FLAT_ARRAY_EXTENSION = "JuliaLang.LegolasFlux.FlatArray"
-WEIGHTS_EXTENSION = "JuliaLang.LegolasFlux.Weights"
-"""Arrow extension names LegolasFlux.jl puts in field metadata; modelrows reads the columns by
-their storage types and registers no extension type."""
 
 
 def _is_list(t: pa.DataType) -> bool:
