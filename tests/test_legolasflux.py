@@ -4,7 +4,7 @@ docs/interop.md, against a file LegolasFlux.jl wrote (tests/fixtures/legolasflux
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +18,7 @@ from modelrows import (
     LegolasFluxModelV1,
     ModelV1,
     Row,
+    SchemaError,
     SchemaMismatchError,
     Weights,
     WeightsError,
@@ -26,6 +27,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
+from modelrows.legolasflux import FlatArrayWeights, FlatArrayWeightsType
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legolasflux" / "test.digits-model.arrow"
 INTEROP_DOC = Path(__file__).parent.parent / "docs" / "interop.md"
@@ -399,3 +401,24 @@ def test_weights_from_tensors_are_views_not_copies() -> None:
     assert weights["a"] is view
     assert weights.entries[0].shape == (3, 4)
     assert weights == fetch_weights({"a": view.contiguous()})
+
+
+def test_flat_array_weights_declare_like_weights() -> None:
+    class MyFluxModelV1(Row, schema="my.flux", version=1):
+        weights: FlatArrayWeights
+
+    assert MyFluxModelV1.__row_fields__["weights"].type.signature() == "FlatArrayWeights"
+    with pytest.raises(SchemaError) as info:
+
+        class ListedV1(Row, schema="my.listed", version=1):
+            weights: list[FlatArrayWeights]
+
+    assert (
+        str(info.value) == "ListedV1.weights: Weights can only be a top-level field, not in a list"
+    )
+    with pytest.raises(SchemaError) as info:
+
+        class TwiceV1(Row, schema="my.twice", version=1):
+            weights: Annotated[Weights, FlatArrayWeightsType(), FlatArrayWeightsType()]
+
+    assert "names 2 field types; give one" in str(info.value)
