@@ -25,6 +25,7 @@ from modelrows import (
     fetch_weights,
     load_weights,
     read_model_row,
+    schema,
     write_model_row,
 )
 from modelrows.legolasflux import FlatArrayWeights, FlatArrayWeightsType
@@ -35,6 +36,14 @@ JULIA_SHAPES = [
     (3, 3, 1, 32), (32,), (32,), (32,), (32,), (32,),
     (3, 3, 32, 16), (16,), (3, 3, 16, 10), (10,), (10, 90), (10,), (10, 10), (10,),
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_other_digits_model() -> None:
+    """The fixture declares ``digits.model@1>legolas-flux.model@1``; another test module may have
+    declared ``digits.model@1`` with another parent, which rightly makes the file unreadable
+    (same identifier, different schema). Forget it here; conftest restores the registry after."""
+    schema._registry.pop("digits.model@1", None)
 
 
 def raw_flat_arrays() -> list[tuple[np.ndarray, list[int]]]:
