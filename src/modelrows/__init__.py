@@ -21,6 +21,7 @@ from .errors import (
     WeightsError,
     WeightsMismatchError,
 )
+from .legolasflux import LegolasFluxModelV1
 from .rowfile import RowCountError, read_model_row, write_model_row
 from .schema import FORMAT_VERSION, ModelV1, Row
 from .weights import LoadReport, Weights, fetch_weights, load_weights
@@ -32,6 +33,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "CorruptRowError",
+    "LegolasFluxModelV1",
     "LoadReport",
     "ModelRowsError",
     "ModelV1",

@@ -59,6 +59,15 @@ class FieldType:
         """A value read from Arrow (``as_py()``), before ``convert``."""
         return value
 
+    def decode(self, array: pa.Array, index: int, ctx: DecodeContext) -> Any:
+        """The value of row ``index`` of ``array`` (a column of a file ``ctx`` describes).
+
+        By default ``as_py()`` then ``from_py``; types that can hand out views of the file's
+        bytes (weights) override it.
+        """
+        value = array[index].as_py()
+        return None if value is None else self.from_py(value)
+
     def to_arrow(self, values: Sequence[Any]) -> pa.Array:
         return pa.array(
             [None if v is None else self.to_py(v) for v in values], type=self.arrow_type
@@ -523,13 +532,14 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
 
 def _writable_layout(w: Weights) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
     """Weights whose storage we packed write as they are; others (mapped files) are repacked."""
+    storage = w._packed()
     first = min((e.offset for e in w.entries if e.nbytes), default=ALIGNMENT)
     if first >= ALIGNMENT and all(
-        (w._storage.data_ptr() + e.offset) % ALIGNMENT == 0 for e in w.entries if e.nbytes
+        (storage.data_ptr() + e.offset) % ALIGNMENT == 0 for e in w.entries if e.nbytes
     ):
-        return w._storage, w.entries
+        return storage, w.entries
     packed = Weights(w.state_dict())
-    return packed._storage, packed.entries
+    return packed._packed(), packed.entries
 
 
 def weights_type_problem(t: pa.DataType) -> str | None:
@@ -585,8 +595,18 @@ _SCALARS = _scalar_types()
 
 
 def resolve(annotation: Any, *, where: str) -> FieldType:
-    """The FieldType of an annotation; SchemaError naming ``where`` if it cannot be mapped."""
+    """The FieldType of an annotation; SchemaError naming ``where`` if it cannot be mapped.
+
+    ``Annotated[T, field_type]`` uses the given FieldType instance (a column layout other than
+    the default for ``T``, such as LegolasFlux.jl's weights); other metadata is ignored.
+    """
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *metadata = typing.get_args(annotation)
+        given = [m for m in metadata if isinstance(m, FieldType)]
+        if len(given) > 1:
+            raise SchemaError(f"{where}: {annotation!r} names {len(given)} field types; give one")
+        return given[0] if given else resolve(base, where=where)
     if origin in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(members) != 1 or len(members) == len(typing.get_args(annotation)):

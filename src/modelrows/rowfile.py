@@ -398,12 +398,12 @@ def decode_row(
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         field = cls.__row_fields__.get(f.name)
-        ftype = field.type if field is not None else None
-        if isinstance(ftype, WeightsType) or (ftype is None and f.type == WEIGHTS_ARROW_TYPE):
+        if field is not None:
+            values[f.name] = field.type.decode(column, index, ctx)
+        elif f.type == WEIGHTS_ARROW_TYPE:  # an undeclared weights column still reads as Weights
             values[f.name] = _WEIGHTS.decode(column, index, ctx)
-            continue
-        value = column[index].as_py()
-        values[f.name] = ftype.from_py(value) if ftype is not None and value is not None else value
+        else:
+            values[f.name] = column[index].as_py()
     try:
         return cls._from_stored(values, declared=qualified)
     except RowValidationError as exc:

@@ -3,6 +3,8 @@
 ``Weights`` is an immutable mapping from state_dict name to tensor. Its tensors are views into one
 packed byte storage: each tensor starts at a 64-byte-aligned address, so writing a row hands that
 storage to Arrow without a copy, and reading a row maps the file and hands out views of it.
+Weights read from a foreign layout (LegolasFlux.jl's column-major arrays) hold strided views of
+that file instead, and pack into the same layout only when it is needed (checksum, equality, write).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Weights(Mapping[str, torch.Tensor]):
         "_tensors",
     )
 
-    _storage: torch.Tensor
+    _storage: torch.Tensor | None  # None until packed, for weights built by _from_tensors
     _entries: tuple[TensorEntry, ...]
     _tensors: dict[str, torch.Tensor]
     _checksum: str | None
@@ -94,16 +96,15 @@ class Weights(Mapping[str, torch.Tensor]):
         storage, entries = _pack(tensors or {})
         self._init(storage, entries)
 
-    def _init(self, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> None:
-        views: dict[tuple[int, int], torch.Tensor] = {}
-        tensors: dict[str, torch.Tensor] = {}
-        for e in entries:
-            key = (e.offset, e.nbytes)
-            t = views.get(key) if e.nbytes else None
-            if t is None:
-                t = storage[e.offset : e.offset + e.nbytes].view(DTYPE_NAMES[e.dtype]).view(e.shape)
-                views[key] = t
-            tensors[e.name] = t
+    def _init(
+        self,
+        storage: torch.Tensor | None,
+        entries: tuple[TensorEntry, ...],
+        tensors: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        if tensors is None:
+            assert storage is not None
+            tensors = _views(storage, entries)
         object.__setattr__(self, "_storage", storage)
         object.__setattr__(self, "_entries", entries)
         object.__setattr__(self, "_tensors", tensors)
@@ -117,6 +118,26 @@ class Weights(Mapping[str, torch.Tensor]):
         self = cls.__new__(cls)
         self._init(storage, entries)
         return self
+
+    @classmethod
+    def _from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> Weights:
+        """Weights over existing tensors kept as they are (e.g. strided views of a mapped foreign
+        file): no copy. ``entries``, ``checksum`` and equality describe the packed layout the
+        tensors take when written; that packed copy is made only when one of them needs it."""
+        checked = {name: _check_tensor(name, t) for name, t in tensors.items()}
+        entries, _sources, _size = _plan(checked)
+        self = cls.__new__(cls)
+        self._init(None, entries, checked)
+        return self
+
+    def _packed(self) -> torch.Tensor:
+        """The packed uint8 storage that ``entries`` point into (packed now if not yet)."""
+        storage = self._storage
+        if storage is None:
+            storage, entries = _pack(self._tensors)
+            assert entries == self._entries, "packing must follow the planned layout"
+            object.__setattr__(self, "_storage", storage)
+        return storage
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Weights are immutable; build new ones with fetch_weights()")
@@ -134,7 +155,8 @@ class Weights(Mapping[str, torch.Tensor]):
     # -- facts -----------------------------------------------------------------------------------
     @property
     def entries(self) -> tuple[TensorEntry, ...]:
-        """One entry per name: dtype name, shape, and where its bytes lie in the storage."""
+        """One entry per name: dtype name, shape, and where its bytes lie in the packed storage
+        (for weights read from a foreign layout, where they lie once packed)."""
         return self._entries
 
     @property
@@ -167,7 +189,7 @@ class Weights(Mapping[str, torch.Tensor]):
     def checksum(self) -> str:
         """``xxh3-64:<hex>`` over every distinct tensor's bytes in stored order (docs/format.md)."""
         if self._checksum is None:
-            object.__setattr__(self, "_checksum", checksum_of(self._storage, self._entries))
+            object.__setattr__(self, "_checksum", checksum_of(self._packed(), self._entries))
         assert self._checksum is not None
         return self._checksum
 
@@ -214,7 +236,7 @@ class Weights(Mapping[str, torch.Tensor]):
         return hash((self.fingerprint, self.checksum))
 
     def _bytes(self, e: TensorEntry) -> torch.Tensor:
-        return self._storage[e.offset : e.offset + e.nbytes]
+        return self._packed()[e.offset : e.offset + e.nbytes]
 
     def __repr__(self) -> str:
         return f"<Weights: {len(self)} tensors, {_human_bytes(self.nbytes)}>"
@@ -281,8 +303,25 @@ def _tie_key(t: torch.Tensor) -> tuple[Any, ...]:
     )
 
 
-def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
-    """Copy tensors into one storage, each at a 64-byte boundary (after 64 bytes of slack)."""
+def _views(storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> dict[str, torch.Tensor]:
+    """Typed views of a packed storage, one per entry; tied entries share one tensor object."""
+    views: dict[tuple[int, int], torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for e in entries:
+        key = (e.offset, e.nbytes)
+        t = views.get(key) if e.nbytes else None
+        if t is None:
+            t = storage[e.offset : e.offset + e.nbytes].view(DTYPE_NAMES[e.dtype]).view(e.shape)
+            views[key] = t
+        tensors[e.name] = t
+    return tensors
+
+
+def _plan(
+    tensors: Mapping[str, torch.Tensor],
+) -> tuple[tuple[TensorEntry, ...], list[tuple[int, torch.Tensor]], int]:
+    """Where each tensor goes in a packed storage (each at a 64-byte boundary, after 64 bytes of
+    slack): the entries, the (offset, tensor) pairs to copy, and the storage size. Copies nothing."""
     entries: list[TensorEntry] = []
     sources: list[tuple[int, torch.Tensor]] = []
     owner: dict[tuple[Any, ...], TensorEntry] = {}
@@ -301,7 +340,13 @@ def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[Tens
         owner[key] = entry
         sources.append((offset, t))
         cursor = offset + nbytes
-    storage = torch.empty(_align(cursor), dtype=torch.uint8)
+    return tuple(entries), sources, _align(cursor)
+
+
+def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
+    """Copy tensors into one storage laid out by :func:`_plan` (C order); padding is zeroed."""
+    entries, sources, size = _plan(tensors)
+    storage = torch.empty(size, dtype=torch.uint8)
     end = 0
     for offset, t in sources:
         storage[end:offset].zero_()
@@ -309,7 +354,7 @@ def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[Tens
         storage[offset : offset + nbytes].view(t.dtype).view(t.shape).copy_(t)
         end = offset + nbytes
     storage[end:].zero_()
-    return storage, tuple(entries)
+    return storage, entries
 
 
 def fetch_weights(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> Weights:
