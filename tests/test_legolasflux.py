@@ -28,6 +28,7 @@ from modelrows import (
     schema,
     write_model_row,
 )
+from modelrows import weights as weights_module
 from modelrows.legolasflux import FlatArrayWeights, FlatArrayWeightsType
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legolasflux" / "test.digits-model.arrow"
@@ -40,9 +41,9 @@ JULIA_SHAPES = [
 
 @pytest.fixture(autouse=True)
 def _no_other_digits_model() -> None:
-    """The fixture declares ``digits.model@1>legolas-flux.model@1``; another test module may have
-    declared ``digits.model@1`` with another parent, which rightly makes the file unreadable
-    (same identifier, different schema). Forget it here; conftest restores the registry after."""
+    """Tests here declare their own ``digits.model@1`` (extending legolas-flux.model@1); another
+    test module declares one extending modelrows.model@1, and the registry rightly refuses a
+    second, different declaration of one identifier. Forget it here; conftest restores it."""
     schema._registry.pop("digits.model@1", None)
 
 
@@ -431,3 +432,27 @@ def test_flat_array_weights_declare_like_weights() -> None:
             weights: Annotated[Weights, FlatArrayWeightsType(), FlatArrayWeightsType()]
 
     assert "names 2 field types; give one" in str(info.value)
+
+
+def test_a_same_named_schema_with_other_parents_is_passed_over() -> None:
+    class OtherDigitsV1(ModelV1, schema="digits.model", version=1):
+        epoch: int | None = None
+
+    row = read_model_row(FIXTURE)
+    assert type(row) is LegolasFluxModelV1
+    assert row.declared_schema == "digits.model@1>legolas-flux.model@1"
+    assert row.extras["epoch"] == 1
+
+
+def test_a_dtype_this_torch_lacks_says_to_upgrade_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f8.model.arrow"
+    write_model_row(
+        path, ModelV1(weights=fetch_weights({"x": torch.zeros(4, dtype=torch.float8_e5m2)}))
+    )
+    monkeypatch.delitem(weights_module.DTYPE_NAMES, "float8_e5m2")
+    with pytest.raises(
+        CorruptRowError, match="dtype 'float8_e5m2', which this torch .* lacks; upgrade torch"
+    ):
+        read_model_row(path)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from .errors import CorruptRowError, SchemaError
-from .weights import ALIGNMENT, DTYPE_NAMES, TensorEntry, Weights, fetch_weights
+from .weights import ALIGNMENT, DTYPE_NAMES, FORMAT_DTYPES, TensorEntry, Weights, fetch_weights
 
 __all__ = ["WEIGHTS_ARROW_TYPE", "FieldType", "RowLike", "resolve"]
 
@@ -382,7 +382,7 @@ class WeightsType(FieldType):
         if w is None:
             return pa.array([None], type=self.arrow_type)
         assert isinstance(w, Weights)
-        storage, entries = _writable_layout(w)
+        storage, entries = w._writable()
         distinct_ends = [e.offset + e.nbytes for e in entries if e.nbytes]
         first = min((e.offset for e in entries if e.nbytes), default=0)
         end = max(distinct_ends, default=first)
@@ -421,7 +421,7 @@ class WeightsType(FieldType):
 
     def decode(self, array: pa.StructArray, index: int, ctx: DecodeContext) -> Weights | None:
         """Weights of row ``index``: zero-copy views of ``ctx.storage`` when the bytes lie there."""
-        if not array.is_valid()[index].as_py():
+        if not array[index].is_valid:
             return None
         where = ctx.where
         tensors = array.field("tensors")[index].values
@@ -502,9 +502,15 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
         if name in seen:
             raise bad(f"tensor {name!r} appears twice")
         seen.add(name)
+        if dtype in FORMAT_DTYPES and dtype not in DTYPE_NAMES:
+            raise CorruptRowError(
+                f"{where}: tensor {name!r} has dtype {dtype!r}, which this torch "
+                f"({torch.__version__}) lacks; upgrade torch to read it",
+                path=where,
+            )
         if dtype not in DTYPE_NAMES:
             raise bad(
-                f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(DTYPE_NAMES)})"
+                f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(FORMAT_DTYPES)})"
             )
         if shape is None or len(shape) > MAX_NDIM or any(d is None or d < 0 for d in shape):
             raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
@@ -528,18 +534,6 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
                 f"tensors overlap at byte {o2}; tensors share bytes only when tied (identical)"
             )
     return entries
-
-
-def _writable_layout(w: Weights) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
-    """Weights whose storage we packed write as they are; others (mapped files) are repacked."""
-    storage = w._packed()
-    first = min((e.offset for e in w.entries if e.nbytes), default=ALIGNMENT)
-    if first >= ALIGNMENT and all(
-        (storage.data_ptr() + e.offset) % ALIGNMENT == 0 for e in w.entries if e.nbytes
-    ):
-        return storage, w.entries
-    packed = Weights(w.state_dict())
-    return packed._packed(), packed.entries
 
 
 def weights_type_problem(t: pa.DataType) -> str | None:

@@ -92,20 +92,20 @@ def lookup(identifier: str) -> type[Row] | None:
 
 
 def nearest_declared(qualified: str, *, where: str = "schema identifier") -> type[Row]:
-    """The first class of the qualified chain declared here; UnknownSchemaError if none is."""
+    """The first class of the qualified chain declared here with the same parents.
+
+    A class declared under one of the chain's identifiers but with other parents is another
+    schema that happens to share the name; it is passed over for the next ancestor.
+    UnknownSchemaError if no schema of the chain is declared.
+    """
     chain = parse_qualified(qualified, where=where)
-    for ident in chain:
+    for i, ident in enumerate(chain):
         cls = _registry.get(ident)
-        if cls is not None:
-            if cls.__qualified__ != ">".join(chain[chain.index(ident) :]):
-                raise UnknownSchemaError(
-                    f"{where}: declares {qualified!r}, but {ident} is declared here as "
-                    f"{cls.__qualified__!r}: the parents differ"
-                )
+        if cls is not None and cls.__qualified__ == ">".join(chain[i:]):
             return cls
     raise UnknownSchemaError(
         f"{where}: declares schema {qualified!r}, and none of its schemas is declared in this "
-        "process; import or declare the row class first"
+        "process (with the same parents); import or declare the row class first"
     )
 
 

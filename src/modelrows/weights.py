@@ -25,16 +25,16 @@ ALIGNMENT = 64
 """Every tensor's bytes start at a multiple of this many bytes (in memory and in files)."""
 
 
-def _dtype_table() -> dict[str, torch.dtype]:
-    names = [
+FORMAT_DTYPES = (
         "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
         "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
         "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-    ]  # fmt: skip
-    return {n: getattr(torch, n) for n in names if isinstance(getattr(torch, n, None), torch.dtype)}
+)  # fmt: skip
+"""Every dtype name of the format (docs/format.md), whether or not this torch has it."""
 
-
-DTYPE_NAMES: dict[str, torch.dtype] = _dtype_table()
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    n: getattr(torch, n) for n in FORMAT_DTYPES if isinstance(getattr(torch, n, None), torch.dtype)
+}
 """The dtype names of the format (docs/format.md), mapped to the torch dtypes of this install."""
 _NAME_OF_DTYPE: dict[torch.dtype, str] = {v: k for k, v in DTYPE_NAMES.items()}
 
@@ -80,12 +80,14 @@ class Weights(Mapping[str, torch.Tensor]):
         "_checksum",
         "_entries",
         "_fingerprint",
+        "_owned",
         "_storage",
         "_stored_checksum",
         "_tensors",
     )
 
     _storage: torch.Tensor | None  # None until packed, for weights built by _from_tensors
+    _owned: bool  # the storage was packed here: zero padding, 64 bytes of slack, nothing else
     _entries: tuple[TensorEntry, ...]
     _tensors: dict[str, torch.Tensor]
     _checksum: str | None
@@ -95,6 +97,7 @@ class Weights(Mapping[str, torch.Tensor]):
     def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         storage, entries = _pack(tensors or {})
         self._init(storage, entries)
+        object.__setattr__(self, "_owned", True)
 
     def _init(
         self,
@@ -111,6 +114,7 @@ class Weights(Mapping[str, torch.Tensor]):
         object.__setattr__(self, "_checksum", None)
         object.__setattr__(self, "_fingerprint", None)
         object.__setattr__(self, "_stored_checksum", None)
+        object.__setattr__(self, "_owned", False)
 
     @classmethod
     def _from_storage(cls, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> Weights:
@@ -137,7 +141,17 @@ class Weights(Mapping[str, torch.Tensor]):
             storage, entries = _pack(self._tensors)
             assert entries == self._entries, "packing must follow the planned layout"
             object.__setattr__(self, "_storage", storage)
+            object.__setattr__(self, "_owned", True)
         return storage
+
+    def _writable(self) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
+        """A storage and entries that may go to a file as they are: packed here, so padding is
+        zero and nothing but tensors lies between them. Views of a mapped file are repacked."""
+        storage = self._packed()
+        if self._owned:
+            return storage, self._entries
+        repacked = Weights(self._tensors)
+        return repacked._packed(), repacked._entries
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Weights are immutable; build new ones with fetch_weights()")

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from modelrows import FORMAT_VERSION, ModelV1, Row, Weights, write_model_row
+from modelrows import FORMAT_VERSION, Catalog, ModelV1, Row, Weights, write_model_row
 
 HERE = Path(__file__).resolve().parent
 
@@ -132,6 +132,25 @@ GOLDEN: dict[str, Callable[[], Row]] = {
 """Golden file name -> the row it holds."""
 
 MANIFEST = "MANIFEST.json"
+CATALOG = "catalog"
+
+
+def catalog_rows() -> list[Row]:
+    """The rows of the golden catalog, in append order: two runs, one with an odd name."""
+    rows = []
+    for run, epochs in [("baseline", [1, 2]), ("odd/run=ü", [1])]:
+        for epoch in epochs:
+            base = extended_row()
+            rows.append(base.replace(run=run, epoch=epoch, accuracy=0.5 + epoch / 8))
+    return rows
+
+
+def write_catalog(root: Path) -> Catalog:
+    """The golden catalog: GoldenRowV1 rows partitioned by run (row ids and times vary)."""
+    catalog = Catalog.create(root, GoldenRowV1, partition_by=["run"])
+    for row in catalog_rows():
+        catalog.append(row)
+    return catalog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(GOLDEN)} golden files to {out}")
+    if not (out / CATALOG).exists():
+        write_catalog(out / CATALOG)
+        print(f"wrote the golden catalog to {out / CATALOG}")
     return 0
 
 
