@@ -74,11 +74,16 @@ def concurrently(*calls: Callable[[], Result]) -> list[Result]:
 def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Result:
     """Run the command's app in this process (for variants of what ``run`` already covers)."""
     environ: dict[str, str | None] = {k: None for k in CLEARED}
-    environ.update(COLUMNS="160", NO_COLOR="1", **(env or {}))
+    environ.update({"COLUMNS": "160", "NO_COLOR": "1", **(env or {})})
     done = CliRunner().invoke(app, list(map(str, args)), env=environ, prog_name="modelrows")
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
     return Result(done.exit_code, done.stdout, done.stderr)
+
+
+def plain(text: str) -> str:
+    """Text without terminal escapes (NO_COLOR still leaves bold on a terminal)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
 def assert_user_error(result: Result, message: str) -> None:
@@ -179,6 +184,11 @@ def test_ls_table_on_a_terminal(cat: Fixture) -> None:
     assert result.code == 0, result
     assert "─" in result.out and "8 rows" in result.out
     assert all(row_id in result.out for row_id in cat.ids.values())
+    narrow = invoke("ls", cat.root, env={"TTY_COMPATIBLE": "1", "COLUMNS": "80"})
+    assert narrow.code == 0, narrow
+    assert all(len(line) <= 80 for line in plain(narrow.out).splitlines())
+    assert all(row_id in narrow.out for row_id in cat.ids.values())  # never cut short
+    assert "hidden to fit the terminal: config, written_at" in narrow.out
 
 
 def test_sql_with_one_or_two_arguments(cat: Fixture, tmp_path: Path) -> None:
@@ -305,7 +315,7 @@ def test_verify_lists_corrupt_rows(cat: Fixture, tmp_path: Path) -> None:
 
     corrupt = run("verify", "-c", bad, cwd=tmp_path, env={"TTY_COMPATIBLE": "1"})
     assert corrupt.code == 1, corrupt
-    lines = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", corrupt.out).splitlines()  # bold ids
+    lines = plain(corrupt.out).splitlines()
     assert lines[0] == f"2 of 8 rows are corrupt in {bad}:"
     assert lines[1].startswith(f"  {flipped}  {flipped_path}: checksum mismatch in column")
     assert lines[2].startswith(f"  {truncated}  {truncated_path}: not an Arrow IPC file")

@@ -415,7 +415,7 @@ def _table_cell(value: Any) -> Text:
     return Text(plain if isinstance(plain, str) else json.dumps(plain))
 
 
-def _emit_table(table: pa.Table, fmt: Format | None, *, caption: str | None = None) -> None:
+def _emit_table(table: pa.Table, fmt: Format | None, *, caption: str = "") -> None:
     """Print query results as a rich table, CSV or a JSON array of objects."""
     table = _summarize_weights(table)
     rows = table.to_pylist()
@@ -427,19 +427,47 @@ def _emit_table(table: pa.Table, fmt: Format | None, *, caption: str | None = No
         writer.writerow(table.column_names)
         writer.writerows([_csv_cell(r[n]) for n in table.column_names] for r in rows)
     else:
-        out = Table(box=box.SIMPLE_HEAD, header_style="bold", caption=caption, pad_edge=False)
-        for field in table.schema:
-            number = _is_number(field.type)
+        numbers = [_is_number(f.type) for f in table.schema]
+        cells = [[_table_cell(r[n]) for n in table.column_names] for r in rows]
+        _stdout().print(_fitted_table(table.column_names, numbers, cells, caption))
+
+
+def _fitted_table(
+    names: Sequence[str], numbers: Sequence[bool], cells: Sequence[Sequence[Text]], caption: str
+) -> Table:
+    """A table of one line per row that fits the terminal: the widest columns give way first
+    (never ``row_id``), and the caption names those left out."""
+    console = _stdout()
+    shown = list(range(len(names)))
+    hidden: list[str] = []
+
+    def build() -> Table:
+        note = f"; hidden to fit the terminal: {', '.join(hidden)}" if hidden else ""
+        out = Table(
+            box=box.SIMPLE_HEAD, header_style="bold", caption=caption + note, pad_edge=False
+        )
+        for i in shown:
             out.add_column(
-                escape(field.name),
-                justify="right" if number else "left",
-                no_wrap=field.name == "row_id",
-                overflow="fold",
-                min_width=10 if pa.types.is_timestamp(field.type) else None,
+                escape(names[i]), justify="right" if numbers[i] else "left", no_wrap=True
             )
-        for row in rows:
-            out.add_row(*[_table_cell(row[n]) for n in table.column_names])
-        _stdout().print(out)
+        for row in cells:
+            out.add_row(*[row[i] for i in shown])
+        return out
+
+    def width(i: int) -> int:
+        return max([len(names[i]), *(row[i].cell_len for row in cells)])
+
+    unbounded = console.options.update(max_width=1 << 20)
+    out = build()
+    while console.measure(out, options=unbounded).maximum > console.width:
+        candidates = [i for i in shown if names[i] != "row_id"]
+        if len(candidates) <= 1:
+            break
+        widest = max(candidates, key=width)
+        shown.remove(widest)
+        hidden.append(names[widest])
+        out = build()
+    return out
 
 
 def _emit_record(record: Mapping[str, Any], fmt: Format | None) -> None:
