@@ -410,7 +410,7 @@ def _table_cell(value: Any) -> Text:
     if isinstance(value, bytes | bytearray | memoryview):
         return Text(f"<{len(value)} bytes>", style="dim")
     if isinstance(value, Weights):
-        return Text(repr(value), style="dim")
+        return Text(f"{len(value)} tensors, {value.nbytes:,} bytes", style="dim")
     plain = _jsonable(value)
     return Text(plain if isinstance(plain, str) else json.dumps(plain))
 
