@@ -29,6 +29,7 @@ import csv
 import datetime as dt
 import enum
 import importlib
+import inspect
 import json
 import math
 import os
@@ -293,10 +294,13 @@ def _query(catalog: Catalog, query: str) -> pa.Table | None:
     relation: duckdb.DuckDBPyRelation | None = catalog.sql(query)
     if relation is None:
         return None
+    # newer DuckDB: to_arrow_table() (arrow() became a batch reader); older: arrow() is the table
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     try:
-        return relation.to_arrow_table()
+        table: pa.Table = fetch()
     except duckdb.Error as exc:  # errors found while running, after the query was accepted
         raise CatalogError(f"SQL error: {exc}".replace("\n", " ")) from exc
+    return table
 
 
 def _row_id(row: Row) -> str | None:
@@ -893,12 +897,16 @@ def _file_schema(path: Path | None) -> pa.Schema:
 def _verify_rows(
     catalog: Catalog, progress: Callable[[int, int], None]
 ) -> list[tuple[str, Path, str]]:
-    """What ``catalog.verify()`` returns, calling ``progress(done, total)`` after each row.
+    """``catalog.verify()``: (row_id, path, problem) of each corrupt row, calling
+    ``progress(done, total)`` as rows are checked.
 
-    The one place the command meets the catalog's verification: it re-reads each row file as
-    ``Catalog.verify`` does (``read_model_row(path, verify=True)``) so that a progress bar can
-    follow; when ``Catalog.verify`` takes a progress hook, call it here instead.
+    The one place the command meets the catalog's verification. It hands ``progress`` to
+    ``Catalog.verify`` when that takes a progress hook; otherwise it re-reads each row file as
+    ``Catalog.verify`` does (``read_model_row(path, verify=True)``), so that a bar can follow.
     """
+    verify: Callable[..., Sequence[tuple[str, Path, str]]] = catalog.verify
+    if "progress" in inspect.signature(verify).parameters:
+        return [(row_id, path, problem) for row_id, path, problem in verify(progress=progress)]
     files = sorted((Path(f) for f in catalog.dataset().files), key=lambda p: p.name)
     bad = []
     for done, path in enumerate(files, 1):
