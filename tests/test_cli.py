@@ -488,6 +488,8 @@ def test_user_errors_are_one_line_and_status_2(cat: Fixture, tmp_path: Path) -> 
         "architecture_version, run, epoch, accuracy, commit_sha, config)",
     )
     assert_user_error(invoke("sql"), 'missing QUERY; usage: modelrows sql [CATALOG] "SELECT ..."')
+    typo = tmp_path / "typo.model.arrow"  # a path, not a row id of the default catalog
+    assert_user_error(invoke("show", typo), f"{typo}: no such file")
     assert_user_error(
         invoke("ls", cat.root, "-c", cat.root),
         f"two catalogs given ({str(cat.root)!r} and --catalog {str(cat.root)!r}); give one",

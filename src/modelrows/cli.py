@@ -303,6 +303,11 @@ def _query(catalog: Catalog, query: str) -> pa.Table | None:
     return table
 
 
+def _names_a_file(arg: str) -> bool:
+    """Whether a lone argument is a row file rather than a row id (ids hold no '/' or '.')."""
+    return Path(arg).is_file() or "/" in arg or os.sep in arg or arg.endswith(".arrow")
+
+
 def _row_id(row: Row) -> str | None:
     value = row.extras.get("row_id")
     return value if isinstance(value, str) else None
@@ -865,7 +870,7 @@ def show(
         else:
             _print_catalog(cat)
         return
-    elif catalog_opt is None and Path(first).is_file():
+    elif catalog_opt is None and _names_a_file(first):
         path, target = Path(first), first
     else:
         catalog, target = _open(None, catalog_opt), first
@@ -1243,7 +1248,7 @@ def export(
     ```
     """
     st = _safetensors()
-    if second is None and first is not None and catalog_opt is None and Path(first).is_file():
+    if second is None and first is not None and catalog_opt is None and _names_a_file(first):
         row, where = read_model_row(first, verify=True), first
     else:
         cat, row_id = _catalog_and(
