@@ -638,7 +638,7 @@ def best(
             f"no row of {cat.root} has a value for {by!r}" + (f" where {where}" if where else ""),
             code=1,
         )
-    values = {**row.to_dict(), **row.extras}
+    values = row.to_dict()  # fields, then the columns its class does not declare
     _emit_record({c: values.get(c) for c in _columns(cat)}, fmt)
 
 
@@ -696,17 +696,14 @@ def _weights_facts(weights: Weights) -> dict[str, Any]:
 def _row_facts(row: Row, *, path: Path | None, types: Mapping[str, str]) -> dict[str, Any]:
     """Everything ``show`` prints about a row, as plain data."""
     fields = type(row).__row_fields__
-    values = {**row.to_dict(), **row.extras}
-    raw = {**{n: getattr(row, n) for n in fields}, **row.extras}
     out_fields = []
     weights = {}
-    for name, value in values.items():
+    for name, value in row.to_dict().items():  # Weights stay Weights, nested rows become dicts
         if name in MANAGED_COLUMNS:
             continue
         field = fields.get(name)
-        if isinstance(raw[name], Weights):
-            weights[name] = _weights_facts(raw[name])
-            value = raw[name]
+        if isinstance(value, Weights):
+            weights[name] = _weights_facts(value)
         out_fields.append(
             {
                 "name": name,
@@ -1224,12 +1221,11 @@ def export(
             show_default=False,
         ),
     ] = None,
+    *,
     to: Annotated[
         Path,
-        typer.Option(
-            "--to", "-o", metavar="FILE", help="The safetensors file to write.", show_default=False
-        ),
-    ] = Path("model.safetensors"),
+        typer.Option("--to", "-o", metavar="FILE", help="The safetensors file to write."),
+    ],
     column: ColumnOpt = None,
     catalog_opt: CatalogOpt = None,
 ) -> None:
@@ -1259,7 +1255,7 @@ def export(
             usage="modelrows export [CATALOG] ROW_ID --to FILE",
         )
         row, where = cat.get(row_id, verify=True), f"row {row_id}"
-    values = {**{n: getattr(row, n) for n in type(row).__row_fields__}, **row.extras}
+    values = row.to_dict()
     names = [n for n, v in values.items() if isinstance(v, Weights)]
     name = _weights_column(names, column, where=where)
     weights: Weights = values[name]
@@ -1273,8 +1269,9 @@ def export(
         "modelrows.checksum": weights.stored_checksum or weights.checksum,
         "modelrows.names": json.dumps(list(weights)),
     }
-    if _row_id(row):
-        metadata["modelrows.row_id"] = str(_row_id(row))
+    stored_id = _row_id(row)
+    if stored_id is not None:
+        metadata["modelrows.row_id"] = stored_id
     if ties:
         metadata["modelrows.ties"] = json.dumps(ties)
     try:
