@@ -441,11 +441,15 @@ def _emit_table(table: pa.Table, fmt: Format | None, *, caption: str = "") -> No
         _stdout().print(_fitted_table(table.column_names, numbers, cells, caption))
 
 
+_GIVE_WAY_FIRST = ("written_at", "architecture_version")
+
+
 def _fitted_table(
     names: Sequence[str], numbers: Sequence[bool], cells: Sequence[Sequence[Text]], caption: str
 ) -> Table:
-    """A table of one line per row that fits the terminal: the widest columns give way first
-    (never ``row_id``), and the caption names those left out."""
+    """A table of one line per row that fits the terminal: bookkeeping columns (``written_at``,
+    ``architecture_version``) give way first, then the widest (never ``row_id``); the caption
+    names those left out."""
     console = _stdout()
     shown = list(range(len(names)))
     hidden: list[str] = []
@@ -472,7 +476,7 @@ def _fitted_table(
         candidates = [i for i in shown if names[i] != "row_id"]
         if len(candidates) <= 1:
             break
-        widest = max(candidates, key=width)
+        widest = max(candidates, key=lambda i: (names[i] in _GIVE_WAY_FIRST, width(i)))
         shown.remove(widest)
         hidden.append(names[widest])
         out = build()
