@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from .arrowtypes import WEIGHTS_ARROW_TYPE
 from .catalog import Catalog
-from .errors import CatalogError, ModelRowsError
+from .errors import CatalogError, CommandLineError, ModelRowsError
 from .rowfile import MANAGED_COLUMNS, read_model_row
 from .schema import Row, lookup, parse_qualified
 from .weights import Weights, fetch_weights
@@ -81,10 +81,6 @@ ENV_CATALOG = "MODELROWS_CATALOG"
 ENV_IMPORT = "MODELROWS_IMPORT"
 DEFAULT_CATALOG = "catalog"
 _WEIGHTS_FIELDS = frozenset(f.name for f in WEIGHTS_ARROW_TYPE)
-
-
-class CommandLineError(ModelRowsError):
-    """A command was given arguments it cannot use; the command exits with status 2."""
 
 
 class Format(str, enum.Enum):

@@ -13,8 +13,9 @@ The tree::
     │   ├── NotArrowFileError      not an Arrow IPC file at all (magic, footer, truncation)
     │   └── CorruptRowError        an Arrow file whose row is inconsistent (bounds, checksum, layout)
     ├── StorageError           the filesystem failed during a write; nothing partial is visible
-    └── CatalogError           a catalog is missing, mismatched, or refuses an append
-        └── RowNotFoundError       no row with that id (KeyError)
+    ├── CatalogError           a catalog is missing, mismatched, or refuses an append
+    │   └── RowNotFoundError       no row with that id (KeyError)
+    └── CommandLineError       the `modelrows` command was given arguments it cannot use
 
 Every message says what was wrong, where (file, column, tensor) and what to do.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "CatalogError",
+    "CommandLineError",
     "CorruptRowError",
     "ModelRowsError",
     "NotArrowFileError",
@@ -118,3 +120,7 @@ class RowNotFoundError(CatalogError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class CommandLineError(ModelRowsError):
+    """A command was given arguments it cannot use; the command exits with status 2."""
