@@ -11,6 +11,7 @@ from .errors import (
     CorruptRowError,
     ModelRowsError,
     NotArrowFileError,
+    RowCountError,
     RowFileError,
     RowNotFoundError,
     RowValidationError,
@@ -18,10 +19,11 @@ from .errors import (
     SchemaMismatchError,
     StorageError,
     UnknownSchemaError,
+    UnsupportedFeatureError,
     WeightsError,
     WeightsMismatchError,
 )
-from .rowfile import RowCountError, read_model_row, write_model_row
+from .rowfile import read_model_row, write_model_row
 from .schema import FORMAT_VERSION, ModelV1, Row
 from .weights import LoadReport, Weights, fetch_weights, load_weights
 
@@ -45,6 +47,7 @@ __all__ = [
     "SchemaMismatchError",
     "StorageError",
     "UnknownSchemaError",
+    "UnsupportedFeatureError",
     "Weights",
     "WeightsError",
     "WeightsMismatchError",

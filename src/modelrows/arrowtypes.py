@@ -417,7 +417,8 @@ class WeightsType(FieldType):
         where = ctx.where
         tensors = array.field("tensors")[index].values
         data_arr = array.field("data")
-        offs = np.frombuffer(data_arr.buffers()[1], dtype=np.int64)
+        count = data_arr.offset + len(data_arr) + 1  # the buffer may be longer: read no more
+        offs = np.frombuffer(data_arr.buffers()[1], dtype=np.int64, count=count)
         start, stop = int(offs[data_arr.offset + index]), int(offs[data_arr.offset + index + 1])
         values_buf = data_arr.buffers()[2]
         blob_len = stop - start
@@ -501,10 +502,16 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
             raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
         if offset is None or nbytes is None or offset < 0 or nbytes < 0:
             raise bad(f"tensor {name!r} has an invalid offset {offset!r} or size {nbytes!r}")
-        expected = math.prod(shape) * DTYPE_NAMES[dtype].itemsize
+        itemsize = DTYPE_NAMES[dtype].itemsize
+        expected = math.prod(shape) * itemsize
         if expected != nbytes:
             raise bad(
                 f"tensor {name!r} is {dtype} {tuple(shape)} = {expected} bytes but declares {nbytes}"
+            )
+        if nbytes and offset % itemsize:
+            raise bad(
+                f"tensor {name!r} starts at byte {offset} of the data, not at a multiple of its "
+                f"{itemsize}-byte elements"
             )
         if offset + nbytes > blob_len:
             raise bad(

@@ -11,6 +11,9 @@ The tree::
     │   └── WeightsMismatchError   load_weights found missing, unexpected, mis-shaped or mis-typed tensors
     ├── RowFileError           a row file cannot be read
     │   ├── NotArrowFileError      not an Arrow IPC file at all (magic, footer, truncation)
+    │   ├── RowCountError          an Arrow file that does not hold exactly one row
+    │   ├── UnsupportedFeatureError  an Arrow feature row files never use (compression,
+    │   │                            dictionaries, extension types), refused before reading
     │   └── CorruptRowError        an Arrow file whose row is inconsistent (bounds, checksum, layout)
     ├── StorageError           the filesystem failed during a write; nothing partial is visible
     └── CatalogError           a catalog is missing, mismatched, or refuses an append
@@ -26,6 +29,7 @@ __all__ = [
     "CorruptRowError",
     "ModelRowsError",
     "NotArrowFileError",
+    "RowCountError",
     "RowFileError",
     "RowNotFoundError",
     "RowValidationError",
@@ -33,6 +37,7 @@ __all__ = [
     "SchemaMismatchError",
     "StorageError",
     "UnknownSchemaError",
+    "UnsupportedFeatureError",
     "WeightsError",
     "WeightsMismatchError",
 ]
@@ -99,6 +104,16 @@ class RowFileError(ModelRowsError):
 
 class NotArrowFileError(RowFileError):
     """The file is not an Arrow IPC file (wrong magic, truncated, unreadable footer)."""
+
+
+class RowCountError(RowFileError):
+    """The Arrow file does not hold exactly one row."""
+
+
+class UnsupportedFeatureError(RowFileError):
+    """The file uses an Arrow feature row files never use (compressed bodies, dictionaries,
+    extension types); it is refused before pyarrow reads it, so nothing it declares is allocated
+    or deserialized."""
 
 
 class CorruptRowError(RowFileError):
