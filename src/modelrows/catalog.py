@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .arrowtypes import WEIGHTS_ARROW_TYPE, IntType
-from .errors import CatalogError, ModelRowsError, RowNotFoundError
+from .errors import CatalogError, ModelRowsError, RowNotFoundError, StorageError
 from .rowfile import (
     MANAGED_COLUMNS,
     PathLike,
@@ -264,12 +264,19 @@ class Catalog:
             missing.append(d)
             d = d.parent
         for d in reversed(missing):
+            step = "mkdir"
             try:
                 d.mkdir(exist_ok=True)
+                if fsync:
+                    step = "directory fsync"
+                    fsync_dir(d.parent)
             except OSError as exc:
-                raise CatalogError(f"cannot create partition directory {d}: {exc}") from exc
-            if fsync:
-                fsync_dir(d.parent)
+                raise StorageError(
+                    f"creating partition directory {d} failed at step {step!r}: {exc}. "
+                    "No row was written.",
+                    path=str(d),
+                    step=step,
+                ) from exc
 
     def append(self, row: Row, *, fsync: bool = True) -> str:
         """Write ``row`` as one immutable file in its partition; return its new row id.
@@ -291,24 +298,43 @@ class Catalog:
         try:
             for row, segs in zip(batch, segments, strict=True):
                 prepared.append(self._prepare(row, segs, fsync=fsync))
-        except BaseException:
-            for _, pending in prepared:
-                pending.abort()
-            raise
-        committed: list[PendingFile] = []
-        try:
             for _, pending in prepared:
                 pending.commit(replace=False, sync_dir=False)
-                committed.append(pending)
-        except BaseException:
+        except BaseException as exc:
+            stuck = []
             for _, pending in prepared:
                 pending.abort()
-            for pending in committed:  # take back what became visible: all or nothing
-                pending.path.unlink(missing_ok=True)
-            raise
+                if pending.visible:  # take back what became visible: all or nothing
+                    try:
+                        pending.path.unlink()
+                    except OSError:
+                        stuck.append(str(pending.path))
+            if not isinstance(exc, StorageError):
+                raise
+            raise StorageError(
+                f"appending {len(batch)} rows failed at step {exc.step!r} of {exc.path}: "
+                f"{exc.__cause__}. "
+                + (
+                    f"Rows already in place could not be taken back: {', '.join(stuck)}."
+                    if stuck
+                    else "None of the rows was added."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=bool(stuck),
+            ) from exc
         if fsync:
-            for directory in {p.path.parent for _, p in prepared}:
-                fsync_dir(directory)
+            for directory in sorted({p.path.parent for _, p in prepared}):
+                try:
+                    fsync_dir(directory)
+                except OSError as exc:
+                    raise StorageError(
+                        f"appending {len(batch)} rows failed at step 'directory fsync' of "
+                        f"{directory}: {exc}. The rows are in place but may not be durable yet.",
+                        path=str(directory),
+                        step="directory fsync",
+                        visible=True,
+                    ) from exc
         return [row_id for row_id, _ in prepared]
 
     # -- finding files ------------------------------------------------------------------------------

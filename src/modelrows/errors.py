@@ -121,7 +121,25 @@ class CorruptRowError(RowFileError):
 
 
 class StorageError(ModelRowsError):
-    """The filesystem failed while writing; the destination holds the whole old state or the new one."""
+    """The filesystem failed while writing; the destination holds the whole old state or the new one.
+
+    ``path`` is the file being written and ``step`` the step that failed (``"write"``,
+    ``"fsync"``, ``"link"`` ...). ``visible`` tells which state the destination holds: False, the
+    old one (nothing was written there); True, the new file is in place but may not be durable.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        step: str | None = None,
+        visible: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.step = step
+        self.visible = visible
 
 
 class CatalogError(ModelRowsError):

@@ -183,6 +183,7 @@ class PendingFile:
     def __init__(self, path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool) -> None:
         self.path = path
         self.fsync = fsync
+        self.visible = False  # whether the file is at its final path (commit moved it there)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
         self._step("create", self._write, write)
 
@@ -204,8 +205,10 @@ class PendingFile:
     def _commit(self, replace: bool, sync_dir: bool) -> None:
         if replace:
             os.replace(self.tmp, self.path)
+            self.visible = True
         else:
             os.link(self.tmp, self.path)
+            self.visible = True
             self.step = "unlink"
             os.unlink(self.tmp)
         if self.fsync and sync_dir:
@@ -222,14 +225,16 @@ class PendingFile:
             fn(*args)
         except OSError as exc:
             self.abort()
-            visible = self.step in ("directory fsync", "unlink")
             raise StorageError(
                 f"writing {self.path} failed at step {self.step!r}: {exc}. "
                 + (
                     "The new file is in place but may not be durable yet."
-                    if visible
+                    if self.visible
                     else "Nothing was written there; the previous content (if any) is intact."
-                )
+                ),
+                path=str(self.path),
+                step=self.step,
+                visible=self.visible,
             ) from exc
         except BaseException:
             self.abort()
