@@ -74,6 +74,17 @@ def new_row_id() -> str:
     return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
 
 
+def _forget_last_id() -> None:
+    """In a forked child: draw fresh randomness, or parent and children would count up alike."""
+    global _id_lock
+    _id_lock = threading.Lock()
+    _last_id[0] = _last_id[1] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_last_id)
+
+
 def _encode_segment(key: str, value: object) -> str:
     return f"{key}={urllib.parse.quote(str(value), safe='')}"
 
