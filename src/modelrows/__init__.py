@@ -9,6 +9,7 @@ from .catalog import Catalog
 from .errors import (
     CatalogError,
     CorruptRowError,
+    CorruptRowWarning,
     ModelRowsError,
     NotArrowFileError,
     RowCountError,
@@ -34,6 +35,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "CorruptRowError",
+    "CorruptRowWarning",
     "LoadReport",
     "ModelRowsError",
     "ModelV1",

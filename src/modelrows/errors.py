@@ -19,6 +19,8 @@ The tree::
     └── CatalogError           a catalog is missing, mismatched, or refuses an append
         └── RowNotFoundError       no row with that id (KeyError)
 
+    CorruptRowWarning          a query skipped a corrupt row file (on_corrupt="skip"); a UserWarning
+
 Every message says what was wrong, where (file, column, tensor) and what to do.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 __all__ = [
     "CatalogError",
     "CorruptRowError",
+    "CorruptRowWarning",
     "ModelRowsError",
     "NotArrowFileError",
     "RowCountError",
@@ -151,3 +154,8 @@ class RowNotFoundError(CatalogError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class CorruptRowWarning(UserWarning):
+    """A query skipped a row file it could not read, because the caller passed
+    ``on_corrupt="skip"``; the message names the file and says why."""
