@@ -27,6 +27,8 @@ from .weights import ALIGNMENT, DTYPE_NAMES, TensorEntry, Weights, fetch_weights
 __all__ = ["WEIGHTS_ARROW_TYPE", "FieldType", "RowLike", "resolve"]
 
 _INT64 = (-(2**63), 2**63 - 1)
+MAX_VALUE_BYTES = 2**31 - 2
+"""The most bytes one str or bytes value may hold: Arrow's string and binary use 32-bit offsets."""
 
 
 class RowLike(Protocol):
@@ -165,9 +167,27 @@ class _Simple(FieldType):
         return self._accepts(t)
 
 
+def _check_size(n: int, what: str) -> None:
+    if n > MAX_VALUE_BYTES:
+        raise ValueError(
+            f"{what} of {n} bytes is longer than Arrow's limit of {MAX_VALUE_BYTES} bytes per value; "
+            "store it elsewhere and keep a reference"
+        )
+
+
 def _check_str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected str, got {_describe(value)}")
+    if value.isascii():
+        _check_size(len(value), "str")
+        return value
+    try:
+        _check_size(len(value.encode("utf-8")), "str")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"str holds {value[exc.start]!r} at index {exc.start}, a lone surrogate that is not "
+            "Unicode text; Arrow stores UTF-8 only"
+        ) from None
     return value
 
 
@@ -180,6 +200,7 @@ def _check_bool(value: Any) -> bool:
 def _check_bytes(value: Any) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, got {_describe(value)}")
+    _check_size(memoryview(value).nbytes, "bytes")
     return bytes(value)
 
 
@@ -191,7 +212,10 @@ def _check_datetime(value: Any) -> dt.datetime:
             f"datetime {value.isoformat()} has no time zone; pass an aware datetime, "
             "e.g. datetime.now(timezone.utc)"
         )
-    return value.astimezone(dt.timezone.utc)
+    try:
+        return value.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"datetime {value.isoformat()} is out of range in UTC") from None
 
 
 def _check_date(value: Any) -> dt.date:

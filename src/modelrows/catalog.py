@@ -64,6 +64,7 @@ CATALOG_FORMAT_VERSION = 1
 MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
 _ROW_ID_TYPE = pa.string()
 _WRITTEN_AT_TYPE = pa.timestamp("us", tz="UTC")
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # hive readers take this partition value for None
 _PROGRESS_MIN_ROWS = 1000  # verify() shows a progress bar by default from this many rows
 
 OnCorrupt = Literal["raise", "skip"]
@@ -275,6 +276,11 @@ class Catalog:
                 )
             if value == "":
                 raise CatalogError(f"partition field {key!r} is empty; give it a value")
+            if value == _HIVE_NULL:
+                raise CatalogError(
+                    f"partition field {key!r} is {_HIVE_NULL!r}, which hive readers take for a "
+                    "missing value; choose another value"
+                )
             segment = _encode_segment(key, value)
             if len(segment.encode()) > MAX_PARTITION_SEGMENT:
                 raise CatalogError(
@@ -541,7 +547,7 @@ class Catalog:
         """The row with the highest ``by`` (lowest with ``descending=False``), or None if none.
 
         ``where`` is a SQL condition (``"run = 'a' AND epoch > 2"``). Ties go to the earliest row;
-        null values never rank. With ``on_corrupt="skip"``, a corrupt row (or, with
+        null and NaN values never rank. With ``on_corrupt="skip"``, a corrupt row (or, with
         ``verify=True``, one whose checksum fails) is skipped with a warning for the next best.
         """
         if by not in self.arrow_schema.names or by in self._weight_columns():
@@ -550,6 +556,8 @@ class Catalog:
                 f"(columns: {', '.join(self._columns(weights=False))})"
             )
         cond = f'"{by}" IS NOT NULL'
+        if pa.types.is_floating(self.arrow_schema.field(by).type):
+            cond += f' AND NOT isnan("{by}")'
         if where:
             cond += f" AND ({where})"
         order = f'"{by}" {"DESC" if descending else "ASC"}, row_id'
