@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hostile import ABSOLUTE_PEAK, RELATIVE_PEAK
@@ -147,6 +147,13 @@ def test_mutated_row_files_are_read_or_refused_by_name(bases: list[Base]) -> Non
     @settings(max_examples=EXAMPLES, deadline=2000, database=None,
               suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
     @given(st.integers(0, len(bases) - 1), st.lists(mutation, min_size=1, max_size=4))
+    @example(
+        1, [("flip", ("header", 0), 0), ("flip", ("header", 0), 0), ("byte", ("footer", 320), 128)]
+    )
+    @example(3, [("int", ("anywhere", 2557137), "<q", 0)])
+    @example(3, [("flip", ("header", 131072), 0)])
+    @example(0, [("flip", ("body", 200), 0)])
+    @example(2, [("flip", ("body", 200), 0)])  # what earlier runs found, kept  # fmt: skip
     def check(which: int, mutations: list[Any]) -> None:
         data = mutate(bases[which], mutations)
         path = directory / "mutant.model.arrow"

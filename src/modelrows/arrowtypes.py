@@ -455,9 +455,8 @@ class WeightsType(FieldType):
             for e in decode_entries(tensors, blob_len, where)
         )
         if any(
-            e.nbytes and ((storage.data_ptr() + e.offset) % DTYPE_NAMES[e.dtype].itemsize)
-            for e in entries
-        ):  # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
+            (storage.data_ptr() + e.offset) % DTYPE_NAMES[e.dtype].itemsize for e in entries
+        ):  # a foreign writer left a tensor (even an empty one) misaligned for its dtype: copy
             storage = storage[base : base + blob_len].clone()
             entries = tuple(
                 TensorEntry(e.name, e.dtype, e.shape, e.offset - base, e.nbytes) for e in entries
@@ -542,7 +541,8 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
                 f"tensor {name!r} needs bytes [{offset}, {offset + nbytes}) but the data holds "
                 f"only {blob_len}"
             )
-        entries.append(TensorEntry(name, dtype, tuple(shape), offset, nbytes))
+        # an empty tensor has no bytes, so where it says they are does not matter
+        entries.append(TensorEntry(name, dtype, tuple(shape), offset if nbytes else 0, nbytes))
     spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
     for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
         if o1 + n1 > o2:
