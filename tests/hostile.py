@@ -400,23 +400,41 @@ class RecordingType(pa.ExtensionType):
         return cls()
 
 
-def _peak(read: Callable[[], object]) -> tuple[str | None, str, int, int, float]:
-    """(error class, message, Arrow peak bytes, Python peak bytes, seconds) of ``read()``."""
+@dataclass
+class Reading:
+    """What ``measured(read)`` saw: the error raised (None if none), peak bytes allocated by Arrow
+    and by Python (when tracemalloc runs), and seconds."""
+
+    error: Exception | None
+    arrow_peak: int
+    python_peak: int
+    seconds: float
+
+
+_POOLS: list[pa.MemoryPool] = []  # a buffer may outlive its read: its pool must outlive it
+
+
+def measured(read: Callable[[], object]) -> Reading:
+    """Run ``read()`` with a fresh Arrow memory pool as the default, metering its peak."""
     pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    _POOLS.append(pool)
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pool)
-    tracemalloc.reset_peak()
+    tracing = tracemalloc.is_tracing()
+    if tracing:
+        tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     start = time.perf_counter()
+    error = None
     try:
         read()
-        error, message = None, ""
     except Exception as exc:
-        error, message = type(exc).__name__, str(exc)
+        error = exc
     finally:
         pa.set_memory_pool(previous)
     seconds = time.perf_counter() - start
-    return error, message, pool.max_memory(), tracemalloc.get_traced_memory()[1] - base, seconds
+    python = tracemalloc.get_traced_memory()[1] - base if tracing else 0
+    return Reading(error, pool.max_memory(), python, seconds)
 
 
 def main(directory: Path) -> None:
@@ -427,22 +445,19 @@ def main(directory: Path) -> None:
     tracemalloc.start()
     for path in sorted((directory / "corpus").iterdir()):
         print(json.dumps({"reading": path.name}), flush=True)
-        error, message, arrow, python, seconds = _peak(
-            lambda p=path: read_model_row(p, verify=True)
-        )
-        ours = error is not None and issubclass(getattr(sys.modules["modelrows"], error, object),
-                                                ModelRowsError)  # fmt: skip
-        print(json.dumps({"file": path.name, "error": error, "ours": ours, "message": message,
-                          "arrow_peak": arrow, "python_peak": python, "seconds": seconds}),
-              flush=True)  # fmt: skip
+        got = measured(lambda p=path: read_model_row(p, verify=True))
+        print(json.dumps({"file": path.name, "error": type(got.error).__name__ if got.error else None,
+                          "ours": isinstance(got.error, ModelRowsError), "message": str(got.error),
+                          "arrow_peak": got.arrow_peak, "python_peak": got.python_peak,
+                          "seconds": got.seconds}), flush=True)  # fmt: skip
     untouched = not RecordingType.marker.exists()
     # controls: unguarded pyarrow does deserialize the type and allocate what a body declares
-    _peak(lambda: ipc.open_file(directory / "corpus" / "extension-registered.arrow"))
+    measured(lambda: ipc.open_file(directory / "corpus" / "extension-registered.arrow"))
     zstd = directory / "control-zstd.arrow"
-    *_, control_peak, _, _ = _peak(lambda: ipc.open_file(zstd).get_batch(0))
+    control = measured(lambda: ipc.open_file(zstd).get_batch(0))
     print(json.dumps({"marker_untouched": untouched,
                       "control_marker": RecordingType.marker.exists(),
-                      "control_zstd_peak": control_peak}), flush=True)  # fmt: skip
+                      "control_zstd_peak": control.arrow_peak}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
