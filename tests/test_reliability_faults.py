@@ -5,6 +5,7 @@ nothing; a rewritten file keeps its old bytes until the new ones are complete.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_each_step_of_an_append_fails_in_turn(
             assert temp_files(catalog.root) == []
         catalog.append(row(f"after{n}"))  # the catalog takes appends again
     assert len(list(catalog.rows(verify=True))) == len(catalog) and catalog.verify() == []
-    print(f"\n{len(trace)} injection points: {trace}")
+    print(f"\nappend: {len(trace)} injection points {dict(Counter(trace))}")
 
 
 def test_append_many_is_all_or_nothing_under_each_failure(
@@ -115,6 +116,7 @@ def test_append_many_is_all_or_nothing_under_each_failure(
         assert err.visible == all(k == "directory fsync" for k in trace[n - 1 :])
         assert temp_files(catalog.root) == []
     assert catalog.verify() == []
+    print(f"\nappend_many of 2 rows: {len(trace)} injection points {dict(Counter(trace))}")
 
 
 @pytest.mark.parametrize("sticky", [False, True], ids=["one-failure", "failing-from-then-on"])
@@ -147,3 +149,4 @@ def test_rewriting_a_row_file_keeps_the_old_one_until_the_new_one_is_complete(
         for p in leftovers:
             p.unlink()
         write_model_row(path, old)  # back to the old content for the next step
+    print(f"\nwrite_model_row: {len(trace)} injection points {dict(Counter(trace))}")
