@@ -158,6 +158,31 @@ def _flip_tensor_byte(c: Corpus) -> bytes:
     return c.flipped(c.body_start + off + 70, 0)
 
 
+def _schema_bomb(m: int) -> bytes:
+    """A file whose footer schema lists ``m`` fields that all share one vector of ``m`` children:
+    under 100 KB, but a walk that expands each field's children does m * m steps."""
+    out = bytearray(4)  # the root offset, set last
+    out += struct.pack("<4H", 8, 8, 0, 4)  # 4: footer vtable: schema (slot 1) at +4
+    out += struct.pack("<4H", 8, 8, 0, 4)  # 12: schema vtable: fields (slot 1) at +4
+    out += struct.pack("<8H", 16, 8, 0, 0, 0, 0, 0, 4)  # 20: field vtable: children (slot 5) at +4
+    out += struct.pack("<2H", 4, 4)  # 36: leaf field vtable: no fields
+    footer, schema, fields = 40, 48, 56
+    out += struct.pack("<iI", footer - 4, schema - (footer + 4))
+    out += struct.pack("<iI", schema - 12, fields - (schema + 4))
+    first = fields + 4 + 4 * m  # the m fields, 8 bytes each
+    shared = first + 8 * m  # their one children vector
+    leaves = shared + 4 + 4 * m  # the m leaves, 4 bytes each
+    out += struct.pack("<I", m)
+    out += b"".join(struct.pack("<I", first + 8 * i - (fields + 4 + 4 * i)) for i in range(m))
+    out += b"".join(struct.pack("<iI", first + 8 * i - 20, shared - (first + 8 * i + 4))
+                    for i in range(m))  # fmt: skip
+    out += struct.pack("<I", m)
+    out += b"".join(struct.pack("<I", leaves + 4 * j - (shared + 4 + 4 * j)) for j in range(m))
+    out += b"".join(struct.pack("<i", leaves + 4 * j - 36) for j in range(m))
+    struct.pack_into("<I", out, 0, footer)
+    return b"ARROW1\0\0" + bytes(out) + struct.pack("<i", len(out)) + b"ARROW1"
+
+
 def _extension(name: str, metadata: bytes) -> pa.Field:
     return pa.field("evil", pa.int64(), metadata={
         "ARROW:extension:name": name, "ARROW:extension:metadata": metadata})  # fmt: skip
@@ -241,6 +266,9 @@ def cases(marker: Path) -> list[Case]:
              _bytes(lambda c: c.patched(c.block_pos + 16, "<q", 2**62))),
         Case("footer-block-header-absurd", "NotArrowFileError", OUTSIDE,
              _bytes(lambda c: c.patched(c.block_pos + 8, "<i", 2**31 - 1))),
+        Case("footer-schema-shared-children", "NotArrowFileError",
+             "{path}: the Arrow footer is corrupt (its schema holds more than 10000 fields and "
+             "metadata entries); is the file truncated or damaged?", _bytes(lambda c: _schema_bomb(6000))),
         Case("footer-column-name-flipped", "SchemaMismatchError",
              "{path} does not hold ModelV1 (modelrows.model@1): missing required column 'weights' "
              "(Weights)", _bytes(lambda c: c.flipped(c.in_footer(b"weights") + 6, 0))),

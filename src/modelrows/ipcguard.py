@@ -16,7 +16,13 @@ import struct
 
 from .errors import CorruptRowError, NotArrowFileError, RowCountError, UnsupportedFeatureError
 
-__all__ = ["FlatTable", "check_row_file", "check_schema_message", "message_table"]
+__all__ = [
+    "MAX_SCHEMA_ITEMS",
+    "FlatTable",
+    "check_row_file",
+    "check_schema_message",
+    "message_table",
+]
 
 # Field slots of the tables read here (their order in the .fbs files).
 _FOOTER_SCHEMA, _FOOTER_DICTIONARIES, _FOOTER_BATCHES = 1, 2, 3
@@ -35,6 +41,9 @@ _HEADERS = {0: "empty", 1: "schema", 2: "dictionary batch", 3: "record batch", 4
 _SCHEMA_HEADER, _RECORD_BATCH_HEADER = 1, 3
 _CODECS = {0: "LZ4_FRAME", 1: "ZSTD"}
 _EXTENSION_KEY = b"ARROW:extension:name"
+MAX_SCHEMA_ITEMS = 10_000
+"""The most fields and metadata entries a schema may hold. Flatbuffers may share tables and
+vectors, so without a budget a small footer could make the walk repeat work without end."""
 _CONTINUATION = b"\xff\xff\xff\xff"
 
 
@@ -133,8 +142,18 @@ def message_table(meta: memoryview) -> FlatTable:
 def _check_schema(schema: FlatTable, where: str) -> None:
     """Refuse extension types, dictionary encoding and names that are not UTF-8 anywhere in the
     schema's field tree."""
+    budget = [MAX_SCHEMA_ITEMS]
+
+    def items(table: FlatTable, slot: int) -> list[FlatTable]:
+        budget[0] -= table.vector(slot, 4)[1]
+        if budget[0] < 0:
+            raise _Malformed(
+                f"its schema holds more than {MAX_SCHEMA_ITEMS} fields and metadata entries"
+            )
+        return table.tables(slot)
+
     pending: list[tuple[FlatTable, tuple[FlatTable, ...]]] = [
-        (field, ()) for field in schema.tables(_SCHEMA_FIELDS)
+        (field, ()) for field in items(schema, _SCHEMA_FIELDS)
     ]
     seen: set[int] = set()  # tables may be shared; each is checked once
 
@@ -155,7 +174,7 @@ def _check_schema(schema: FlatTable, where: str) -> None:
                 "damaged",
                 path=where,
             ) from None
-        for kv in field.tables(_FIELD_METADATA):
+        for kv in items(field, _FIELD_METADATA):
             if kv.string(_KV_KEY) == _EXTENSION_KEY:
                 raise UnsupportedFeatureError(
                     f"{where}: column {column(path)} declares the Arrow extension type "
@@ -169,7 +188,7 @@ def _check_schema(schema: FlatTable, where: str) -> None:
                 "dictionaries, so the file is refused unread",
                 path=where,
             )
-        pending.extend((child, path) for child in field.tables(_FIELD_CHILDREN))
+        pending.extend((child, path) for child in items(field, _FIELD_CHILDREN))
 
 
 def check_schema_message(data: bytes, *, where: str) -> None:
