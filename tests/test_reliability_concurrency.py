@@ -47,6 +47,8 @@ def test_eight_writers_and_two_readers_in_separate_processes(tmp_path: Path) -> 
     stop.touch()
     for p in readers:
         p.join(timeout=60)
+    seen = [json.loads((reports / f"r{i}").read_text().splitlines()[-1]) for i in range(READERS)]
+    assert all("error" not in s for s in seen), seen
     assert [p.exitcode for p in writers + readers] == [0] * (WRITERS + READERS)
 
     returned = {
@@ -70,8 +72,6 @@ def test_eight_writers_and_two_readers_in_separate_processes(tmp_path: Path) -> 
     assert catalog.verify() == []
     assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
 
-    seen = [json.loads((reports / f"r{i}").read_text().split("\n")[1]) for i in range(READERS)]
-    assert all("error" not in s for s in seen), seen
     counts = [c for s in seen for c in s["counts"]]
     assert any(0 < c < 400 for c in counts), seen  # the readers did overlap the writers
     assert all(s["loaded"] > 0 for s in seen), seen
