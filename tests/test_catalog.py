@@ -283,3 +283,11 @@ def test_reopened_catalog_loads_the_best_model_into_a_fresh_model(catalog: Catal
     reference = model(best.config.seed)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(net.state_dict()[name], tensor)
+
+
+def test_duckdb_returns_written_at_as_aware_datetimes(catalog: Catalog) -> None:
+    row_id = catalog.append(row("a", 0, 0.5))
+    ((got_id, written_at),) = catalog.sql("SELECT row_id, written_at FROM models").fetchall()
+    assert got_id == row_id
+    assert written_at.tzinfo is not None
+    assert written_at == catalog.get(row_id).written_at

@@ -8,9 +8,12 @@ partitioned Arrow dataset that Polars and DuckDB query.
 from .catalog import Catalog
 from .errors import (
     CatalogError,
+    CommandLineError,
     CorruptRowError,
+    CorruptRowWarning,
     ModelRowsError,
     NotArrowFileError,
+    RowCountError,
     RowFileError,
     RowNotFoundError,
     RowValidationError,
@@ -18,11 +21,12 @@ from .errors import (
     SchemaMismatchError,
     StorageError,
     UnknownSchemaError,
+    UnsupportedFeatureError,
     WeightsError,
     WeightsMismatchError,
 )
 from .legolasflux import LegolasFluxModelV1
-from .rowfile import RowCountError, read_model_row, write_model_row
+from .rowfile import read_model_row, write_model_row
 from .schema import FORMAT_VERSION, ModelV1, Row
 from .weights import LoadReport, Weights, fetch_weights, load_weights
 
@@ -32,7 +36,9 @@ __all__ = [
     "FORMAT_VERSION",
     "Catalog",
     "CatalogError",
+    "CommandLineError",
     "CorruptRowError",
+    "CorruptRowWarning",
     "LegolasFluxModelV1",
     "LoadReport",
     "ModelRowsError",
@@ -47,6 +53,7 @@ __all__ = [
     "SchemaMismatchError",
     "StorageError",
     "UnknownSchemaError",
+    "UnsupportedFeatureError",
     "Weights",
     "WeightsError",
     "WeightsMismatchError",

@@ -27,6 +27,8 @@ from .weights import ALIGNMENT, DTYPE_NAMES, FORMAT_DTYPES, TensorEntry, Weights
 __all__ = ["WEIGHTS_ARROW_TYPE", "FieldType", "RowLike", "resolve"]
 
 _INT64 = (-(2**63), 2**63 - 1)
+MAX_VALUE_BYTES = 2**31 - 2
+"""The most bytes one str or bytes value may hold: Arrow's string and binary use 32-bit offsets."""
 
 
 class RowLike(Protocol):
@@ -174,9 +176,27 @@ class _Simple(FieldType):
         return self._accepts(t)
 
 
+def _check_size(n: int, what: str) -> None:
+    if n > MAX_VALUE_BYTES:
+        raise ValueError(
+            f"{what} of {n} bytes is longer than Arrow's limit of {MAX_VALUE_BYTES} bytes per value; "
+            "store it elsewhere and keep a reference"
+        )
+
+
 def _check_str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected str, got {_describe(value)}")
+    if value.isascii():
+        _check_size(len(value), "str")
+        return value
+    try:
+        _check_size(len(value.encode("utf-8")), "str")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"str holds {value[exc.start]!r} at index {exc.start}, a lone surrogate that is not "
+            "Unicode text; Arrow stores UTF-8 only"
+        ) from None
     return value
 
 
@@ -189,6 +209,7 @@ def _check_bool(value: Any) -> bool:
 def _check_bytes(value: Any) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, got {_describe(value)}")
+    _check_size(memoryview(value).nbytes, "bytes")
     return bytes(value)
 
 
@@ -200,7 +221,10 @@ def _check_datetime(value: Any) -> dt.datetime:
             f"datetime {value.isoformat()} has no time zone; pass an aware datetime, "
             "e.g. datetime.now(timezone.utc)"
         )
-    return value.astimezone(dt.timezone.utc)
+    try:
+        return value.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"datetime {value.isoformat()} is out of range in UTC") from None
 
 
 def _check_date(value: Any) -> dt.date:
@@ -426,7 +450,8 @@ class WeightsType(FieldType):
         where = ctx.where
         tensors = array.field("tensors")[index].values
         data_arr = array.field("data")
-        offs = np.frombuffer(data_arr.buffers()[1], dtype=np.int64)
+        count = data_arr.offset + len(data_arr) + 1  # the buffer may be longer: read no more
+        offs = np.frombuffer(data_arr.buffers()[1], dtype=np.int64, count=count)
         start, stop = int(offs[data_arr.offset + index]), int(offs[data_arr.offset + index + 1])
         values_buf = data_arr.buffers()[2]
         blob_len = stop - start
@@ -439,9 +464,8 @@ class WeightsType(FieldType):
             for e in decode_entries(tensors, blob_len, where)
         )
         if any(
-            e.nbytes and ((storage.data_ptr() + e.offset) % DTYPE_NAMES[e.dtype].itemsize)
-            for e in entries
-        ):  # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
+            (storage.data_ptr() + e.offset) % DTYPE_NAMES[e.dtype].itemsize for e in entries
+        ):  # a foreign writer left a tensor (even an empty one) misaligned for its dtype: copy
             storage = storage[base : base + blob_len].clone()
             entries = tuple(
                 TensorEntry(e.name, e.dtype, e.shape, e.offset - base, e.nbytes) for e in entries
@@ -516,17 +540,24 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
             raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
         if offset is None or nbytes is None or offset < 0 or nbytes < 0:
             raise bad(f"tensor {name!r} has an invalid offset {offset!r} or size {nbytes!r}")
-        expected = math.prod(shape) * DTYPE_NAMES[dtype].itemsize
+        itemsize = DTYPE_NAMES[dtype].itemsize
+        expected = math.prod(shape) * itemsize
         if expected != nbytes:
             raise bad(
                 f"tensor {name!r} is {dtype} {tuple(shape)} = {expected} bytes but declares {nbytes}"
+            )
+        if nbytes and offset % itemsize:
+            raise bad(
+                f"tensor {name!r} starts at byte {offset} of the data, not at a multiple of its "
+                f"{itemsize}-byte elements"
             )
         if offset + nbytes > blob_len:
             raise bad(
                 f"tensor {name!r} needs bytes [{offset}, {offset + nbytes}) but the data holds "
                 f"only {blob_len}"
             )
-        entries.append(TensorEntry(name, dtype, tuple(shape), offset, nbytes))
+        # an empty tensor has no bytes, so where it says they are does not matter
+        entries.append(TensorEntry(name, dtype, tuple(shape), offset if nbytes else 0, nbytes))
     spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
     for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
         if o1 + n1 > o2:

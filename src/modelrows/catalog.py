@@ -19,12 +19,14 @@ import datetime as dt
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, NamedTuple
 
 import duckdb
 import polars as pl
@@ -32,7 +34,16 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .arrowtypes import WEIGHTS_ARROW_TYPE, IntType
-from .errors import CatalogError, ModelRowsError, RowNotFoundError
+from .errors import (
+    CatalogError,
+    CorruptRowError,
+    CorruptRowWarning,
+    ModelRowsError,
+    RowFileError,
+    RowNotFoundError,
+    StorageError,
+)
+from .ipcguard import check_schema_message
 from .rowfile import (
     MANAGED_COLUMNS,
     PathLike,
@@ -46,13 +57,28 @@ from .rowfile import (
 )
 from .schema import ModelV1, Row, nearest_declared
 
-__all__ = ["CATALOG_FILE", "Catalog", "new_row_id"]
+__all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 
 CATALOG_FILE = "_modelrows_catalog.json"
 CATALOG_FORMAT_VERSION = 1
 MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
 _ROW_ID_TYPE = pa.string()
 _WRITTEN_AT_TYPE = pa.timestamp("us", tz="UTC")
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # hive readers take this partition value for None
+_PROGRESS_MIN_ROWS = 1000  # verify() shows a progress bar by default from this many rows
+
+OnCorrupt = Literal["raise", "skip"]
+"""What a query does with a row file it cannot read: raise an error naming it, or skip it with a
+:class:`~modelrows.CorruptRowWarning`."""
+
+
+class CorruptRow(NamedTuple):
+    """A row :meth:`Catalog.verify` found unreadable or corrupt."""
+
+    row_id: str
+    path: Path
+    problem: str
+
 
 # -- row ids: ULIDs (48-bit milliseconds, 80 random bits, Crockford base32), monotonic per process --
 
@@ -72,6 +98,17 @@ def new_row_id() -> str:
         _last_id[0], _last_id[1] = ms, rand
     value = (ms << 80) | (rand & ((1 << 80) - 1))
     return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def _forget_last_id() -> None:
+    """In a forked child: draw fresh randomness, or parent and children would count up alike."""
+    global _id_lock
+    _id_lock = threading.Lock()
+    _last_id[0] = _last_id[1] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_last_id)
 
 
 def _encode_segment(key: str, value: object) -> str:
@@ -106,6 +143,8 @@ class Catalog:
         self.arrow_schema: pa.Schema = meta["_arrow_schema"]
         self.schema_name = self.schema.split(">")[0].split("@")[0]
         self._con: duckdb.DuckDBPyConnection | None = None
+        # what _problem found per file, keyed by (inode, size, mtime): row files are immutable
+        self._checked: dict[Path, tuple[tuple[int, int, int], _Problem | None]] = {}
 
     # -- creating and opening -------------------------------------------------------------------------
     @classmethod
@@ -200,12 +239,12 @@ class Catalog:
                 meta.get("partition_by"), list
             ):
                 raise ValueError("'schema' or 'partition_by' is missing")
-            meta["_arrow_schema"] = pa.ipc.read_schema(
-                pa.py_buffer(base64.b64decode(meta["arrow_schema"], validate=True))
-            )
+            raw_schema = base64.b64decode(meta["arrow_schema"], validate=True)
+            check_schema_message(raw_schema, where=f"{path} ('arrow_schema')")
+            meta["_arrow_schema"] = pa.ipc.read_schema(pa.py_buffer(raw_schema))
         except CatalogError:
             raise
-        except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        except (ModelRowsError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:
             raise CatalogError(f"{path} is not a valid catalog description: {exc}") from exc
         return cls(target, meta)
 
@@ -237,6 +276,11 @@ class Catalog:
                 )
             if value == "":
                 raise CatalogError(f"partition field {key!r} is empty; give it a value")
+            if value == _HIVE_NULL:
+                raise CatalogError(
+                    f"partition field {key!r} is {_HIVE_NULL!r}, which hive readers take for a "
+                    "missing value; choose another value"
+                )
             segment = _encode_segment(key, value)
             if len(segment.encode()) > MAX_PARTITION_SEGMENT:
                 raise CatalogError(
@@ -264,12 +308,19 @@ class Catalog:
             missing.append(d)
             d = d.parent
         for d in reversed(missing):
+            step = "mkdir"
             try:
                 d.mkdir(exist_ok=True)
+                if fsync:
+                    step = "directory fsync"
+                    fsync_dir(d.parent)
             except OSError as exc:
-                raise CatalogError(f"cannot create partition directory {d}: {exc}") from exc
-            if fsync:
-                fsync_dir(d.parent)
+                raise StorageError(
+                    f"creating partition directory {d} failed at step {step!r}: {exc}. "
+                    "No row was written.",
+                    path=str(d),
+                    step=step,
+                ) from exc
 
     def append(self, row: Row, *, fsync: bool = True) -> str:
         """Write ``row`` as one immutable file in its partition; return its new row id.
@@ -291,24 +342,43 @@ class Catalog:
         try:
             for row, segs in zip(batch, segments, strict=True):
                 prepared.append(self._prepare(row, segs, fsync=fsync))
-        except BaseException:
-            for _, pending in prepared:
-                pending.abort()
-            raise
-        committed: list[PendingFile] = []
-        try:
             for _, pending in prepared:
                 pending.commit(replace=False, sync_dir=False)
-                committed.append(pending)
-        except BaseException:
+        except BaseException as exc:
+            stuck = []
             for _, pending in prepared:
                 pending.abort()
-            for pending in committed:  # take back what became visible: all or nothing
-                pending.path.unlink(missing_ok=True)
-            raise
+                if pending.visible:  # take back what became visible: all or nothing
+                    try:
+                        pending.path.unlink()
+                    except OSError:
+                        stuck.append(str(pending.path))
+            if not isinstance(exc, StorageError):
+                raise
+            raise StorageError(
+                f"appending {len(batch)} rows failed at step {exc.step!r} of {exc.path}: "
+                f"{exc.__cause__}. "
+                + (
+                    f"Rows already in place could not be taken back: {', '.join(stuck)}."
+                    if stuck
+                    else "None of the rows was added."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=bool(stuck),
+            ) from exc
         if fsync:
-            for directory in {p.path.parent for _, p in prepared}:
-                fsync_dir(directory)
+            for directory in sorted({p.path.parent for _, p in prepared}):
+                try:
+                    fsync_dir(directory)
+                except OSError as exc:
+                    raise StorageError(
+                        f"appending {len(batch)} rows failed at step 'directory fsync' of "
+                        f"{directory}: {exc}. The rows are in place but may not be durable yet.",
+                        path=str(directory),
+                        step="directory fsync",
+                        visible=True,
+                    ) from exc
         return [row_id for row_id, _ in prepared]
 
     # -- finding files ------------------------------------------------------------------------------
@@ -345,14 +415,80 @@ class Catalog:
         return path
 
     # -- queries --------------------------------------------------------------------------------------
-    def dataset(self) -> ds.Dataset:
-        """A pyarrow dataset over every row file (hive partitions, explicit schema)."""
+    def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
+        """Why ``path`` cannot serve as row ``row_id`` of this catalog, or None if it can.
+
+        Checks the file's structure (as :func:`read_model_row` does), that its columns are the
+        catalog's and that it holds the row its name says; ``verify=True`` also decodes the row and
+        recomputes its checksum. No tensor byte is read otherwise.
+        """
+        try:
+            batch, ctx = read_row_file(path)
+            if not batch.schema.equals(self.arrow_schema, check_metadata=False):
+                raise CorruptRowError(
+                    f"{path}: its columns are not the catalog's ("
+                    f"{_schema_difference(batch.schema, self.arrow_schema)}); the file does not "
+                    f"belong in {self.root}",
+                    path=str(path),
+                )
+            stored = batch.column(0)[0].as_py()
+            if stored != row_id:
+                raise CorruptRowError(
+                    f"{path}: its name says row {row_id} but it holds row {stored!r}; was it "
+                    "renamed or copied by hand?",
+                    path=str(path),
+                )
+            if verify:
+                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
+        except ModelRowsError as exc:
+            return type(exc), str(exc)
+        return None
+
+    def _checked_problem(self, row_id: str, path: Path) -> _Problem | None:
+        """:meth:`_problem`, remembered per file while the file stays the same."""
+        try:
+            st = path.stat()
+        except OSError:
+            return self._problem(row_id, path)  # gone: say so, remember nothing
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._checked.get(path)
+        if cached is None or cached[0] != key:
+            cached = (key, self._problem(row_id, path))
+            self._checked[path] = cached
+        return cached[1]
+
+    def _queryable_files(self, on_corrupt: OnCorrupt) -> list[str]:
+        """Every row file a query may read; a corrupt one raises, or is skipped with a warning."""
+        if on_corrupt not in ("raise", "skip"):
+            raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
+        files = []
+        for row_id, path in sorted(self._row_files().items(), key=lambda item: item[1]):
+            problem = self._checked_problem(row_id, path)
+            if problem is None:
+                files.append(str(path))
+            elif on_corrupt == "raise":
+                kind, message = problem
+                raise (kind if issubclass(kind, RowFileError) else RowFileError)(
+                    f"{message} (pass on_corrupt='skip' to query the other rows; "
+                    "Catalog.verify() lists every corrupt row)",
+                    path=str(path),
+                )
+            else:
+                _skip_warning(problem[1])
+        return files
+
+    def dataset(self, *, on_corrupt: OnCorrupt = "raise") -> ds.Dataset:
+        """A pyarrow dataset over every row file (hive partitions, explicit schema).
+
+        Each file's structure is checked once (then remembered while the file is unchanged), so
+        no reader ever meets a corrupt file: ``on_corrupt="raise"`` raises an error naming the
+        first one, ``"skip"`` leaves corrupt files out with a :class:`CorruptRowWarning` each.
+        """
         partitioning = ds.partitioning(
             pa.schema([self.arrow_schema.field(k) for k in self.partition_by]), flavor="hive"
         )
-        files = sorted(str(p) for p in self._row_files().values())
         return ds.dataset(
-            files,
+            self._queryable_files(on_corrupt),
             schema=self.arrow_schema,
             format="arrow",
             partitioning=partitioning,
@@ -367,46 +503,71 @@ class Catalog:
     def _weight_columns(self) -> set[str]:
         return {f.name for f in self.arrow_schema if f.type == WEIGHTS_ARROW_TYPE}
 
-    def scan(self, *, weights: bool = False) -> pl.LazyFrame:
-        """A Polars LazyFrame of every row: all columns but weights (unless asked), with row_id."""
-        columns = self._columns(weights=weights)
-        return pl.scan_pyarrow_dataset(self.dataset()).select(columns)
+    def scan(self, *, weights: bool = False, on_corrupt: OnCorrupt = "raise") -> pl.LazyFrame:
+        """A Polars LazyFrame of every row: all columns but weights (unless asked), with row_id.
 
-    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """Run DuckDB SQL where the table ``models`` is the catalog; returns a relation."""
+        ``on_corrupt``: see :meth:`dataset`.
+        """
+        columns = self._columns(weights=weights)
+        return pl.scan_pyarrow_dataset(self.dataset(on_corrupt=on_corrupt)).select(columns)
+
+    def sql(self, query: str, *, on_corrupt: OnCorrupt = "raise") -> duckdb.DuckDBPyRelation:
+        """Run DuckDB SQL where the table ``models`` is the catalog; returns a relation.
+
+        ``on_corrupt``: see :meth:`dataset`.
+        """
+        dataset = self.dataset(on_corrupt=on_corrupt)
         if self._con is None:
             self._con = duckdb.connect()
         con = self._con
         with contextlib.suppress(duckdb.Error):
             con.unregister("models")
-        con.register("models", self.dataset())
+        con.register("models", dataset)
         try:
             return con.sql(query)
         except duckdb.Error as exc:
             raise CatalogError(f"SQL error: {exc}".replace("\n", " ")) from exc
 
-    def _ids(self, *, where: str | None, order: str) -> list[str]:
+    def _ids(self, *, where: str | None, order: str, on_corrupt: OnCorrupt) -> list[str]:
         clause = f"WHERE {where}" if where else ""
-        rel = self.sql(f"SELECT row_id FROM models {clause} ORDER BY {order}")
+        rel = self.sql(
+            f"SELECT row_id FROM models {clause} ORDER BY {order}", on_corrupt=on_corrupt
+        )
         return [r[0] for r in rel.fetchall()]
 
     def best(
-        self, by: str, *, descending: bool = True, where: str | None = None, verify: bool = False
+        self,
+        by: str,
+        *,
+        descending: bool = True,
+        where: str | None = None,
+        verify: bool = False,
+        on_corrupt: OnCorrupt = "raise",
     ) -> Row | None:
         """The row with the highest ``by`` (lowest with ``descending=False``), or None if none.
 
-        ``where`` is a SQL condition (``"run = 'a' AND epoch > 2"``). Ties go to the earliest row.
+        ``where`` is a SQL condition (``"run = 'a' AND epoch > 2"``). Ties go to the earliest row;
+        null and NaN values never rank. With ``on_corrupt="skip"``, a corrupt row (or, with
+        ``verify=True``, one whose checksum fails) is skipped with a warning for the next best.
         """
         if by not in self.arrow_schema.names or by in self._weight_columns():
             raise CatalogError(
                 f"cannot rank by {by!r}: not a column of {self.schema} "
                 f"(columns: {', '.join(self._columns(weights=False))})"
             )
-        cond = f'"{by}" IS NOT NULL' + (f" AND ({where})" if where else "")
-        ids = self._ids(
-            where=cond, order=f'"{by}" {"DESC" if descending else "ASC"}, row_id LIMIT 1'
-        )
-        return self.get(ids[0], verify=verify) if ids else None
+        cond = f'"{by}" IS NOT NULL'
+        if pa.types.is_floating(self.arrow_schema.field(by).type):
+            cond += f' AND NOT isnan("{by}")'
+        if where:
+            cond += f" AND ({where})"
+        order = f'"{by}" {"DESC" if descending else "ASC"}, row_id'
+        if on_corrupt == "raise":
+            order += " LIMIT 1"
+        for row_id in self._ids(where=cond, order=order, on_corrupt=on_corrupt):
+            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt)
+            if row is not None:
+                return row
+        return None
 
     def get(self, row_id: str, *, verify: bool = False) -> Row:
         """One row by id, weights zero-copy; opens exactly one file.
@@ -420,10 +581,28 @@ class Catalog:
             verify_row(row, where=ctx.where)
         return row
 
-    def rows(self, where: str | None = None, *, verify: bool = False) -> Iterator[Row]:
-        """Every row (matching the SQL condition ``where``), oldest first."""
-        for row_id in self._ids(where=where, order="row_id"):
-            yield self.get(row_id, verify=verify)
+    def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
+        """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
+        try:
+            return self.get(row_id, verify=verify)
+        except RowFileError as exc:
+            if on_corrupt == "raise":
+                raise
+            _skip_warning(str(exc))
+            return None
+
+    def rows(
+        self, where: str | None = None, *, verify: bool = False, on_corrupt: OnCorrupt = "raise"
+    ) -> Iterator[Row]:
+        """Every row (matching the SQL condition ``where``), oldest first.
+
+        With ``on_corrupt="skip"``, corrupt rows (or, with ``verify=True``, rows whose checksum
+        fails) are skipped with a warning.
+        """
+        for row_id in self._ids(where=where, order="row_id", on_corrupt=on_corrupt):
+            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt)
+            if row is not None:
+                yield row
 
     # -- housekeeping ------------------------------------------------------------------------------
     def vacuum(self, *, older_than: float = 3600.0) -> list[Path]:
@@ -449,16 +628,86 @@ class Catalog:
                     removed.append(path)
         return removed
 
-    def verify(self) -> list[tuple[str, Path, str]]:
-        """Re-check every row's structure and checksum; return (row_id, path, problem) of bad ones."""
+    def verify(
+        self, *, progress: bool | Callable[[int, int], None] | None = None
+    ) -> list[CorruptRow]:
+        """Re-read every row and recompute every checksum; return the corrupt rows by id and path.
+
+        Each file's structure, columns and row id are checked and every tensor byte is hashed
+        again; nothing remembered from earlier queries is trusted. ``progress`` is a callable
+        ``(done, total)``, or True/False for a progress bar on stderr (tqdm when installed, else
+        plain lines); by default a bar is shown from 1000 rows when stderr is a terminal.
+
+        >>> import tempfile, torch.nn as nn
+        >>> from modelrows import ModelV1, fetch_weights
+        >>> catalog = Catalog.create(tempfile.mkdtemp() + "/c", ModelV1)
+        >>> _ = catalog.append(ModelV1(weights=fetch_weights(nn.Linear(2, 2))))
+        >>> catalog.verify()
+        []
+        """
+        files = sorted(self._row_files().items())
+        step, close = _progress(progress, len(files), f"verifying {self.root}")
         bad = []
-        for row_id, path in sorted(self._row_files().items()):
-            try:
-                batch, ctx = read_row_file(path)
-                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
-            except ModelRowsError as exc:
-                bad.append((row_id, path, str(exc)))
+        try:
+            for done, (row_id, path) in enumerate(files, 1):
+                problem = self._problem(row_id, path, verify=True)
+                if problem is not None:
+                    bad.append(CorruptRow(row_id, path, problem[1]))
+                step(done)
+        finally:
+            close()
         return bad
+
+
+_Problem = tuple[type[ModelRowsError], str]  # what is wrong with a row file: error class, message
+
+
+def _skip_warning(message: str) -> None:
+    warnings.warn(f"skipping a corrupt row file: {message}", CorruptRowWarning, stacklevel=4)
+
+
+def _schema_difference(found: pa.Schema, expected: pa.Schema) -> str:
+    have = {f.name: f for f in found}
+    want = {f.name: f for f in expected}
+    parts = []
+    if missing := [n for n in want if n not in have]:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra := [n for n in have if n not in want]:
+        parts.append(f"unexpected {', '.join(extra)}")
+    if changed := [n for n in want if n in have and not have[n].equals(want[n])]:
+        parts.append(f"of another type: {', '.join(changed)}")
+    return "; ".join(parts) or "the columns are in another order"
+
+
+def _progress(
+    progress: bool | Callable[[int, int], None] | None, total: int, label: str
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """(report ``done``, finish) for a loop of ``total`` steps: a callback, a bar, or nothing."""
+    if callable(progress):
+        callback = progress
+        return (lambda done: callback(done, total)), (lambda: None)
+    show = progress if progress is not None else total >= _PROGRESS_MIN_ROWS
+    if not show or total == 0:
+        return (lambda done: None), (lambda: None)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # no tqdm: a line on stderr every tenth of the way
+        every = max(1, total // 10)
+
+        def line(done: int) -> None:
+            if done % every == 0 or done == total:
+                print(f"{label}: {done}/{total} rows", file=sys.stderr, flush=True)
+
+        return line, (lambda: None)
+    # disable=None: no bar unless stderr is a terminal, when the caller did not ask for one
+    bar = tqdm(
+        total=total,
+        desc=label,
+        unit="row",
+        file=sys.stderr,
+        disable=None if progress is None else False,
+    )
+    return (lambda done: bar.update(done - bar.n)), bar.close
 
 
 def _file_schema(row_class: type[Row]) -> pa.Schema:

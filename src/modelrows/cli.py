@@ -29,12 +29,11 @@ import csv
 import datetime as dt
 import enum
 import importlib
-import inspect
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -896,30 +895,6 @@ def _file_schema(path: Path | None) -> pa.Schema:
 # -- verify, vacuum --------------------------------------------------------------------------------
 
 
-def _verify_rows(
-    catalog: Catalog, progress: Callable[[int, int], None]
-) -> list[tuple[str, Path, str]]:
-    """``catalog.verify()``: (row_id, path, problem) of each corrupt row, calling
-    ``progress(done, total)`` as rows are checked.
-
-    The one place the command meets the catalog's verification. It hands ``progress`` to
-    ``Catalog.verify`` when that takes a progress hook; otherwise it re-reads each row file as
-    ``Catalog.verify`` does (``read_model_row(path, verify=True)``), so that a bar can follow.
-    """
-    verify: Callable[..., Sequence[tuple[str, Path, str]]] = catalog.verify
-    if "progress" in inspect.signature(verify).parameters:
-        return [(row_id, path, problem) for row_id, path, problem in verify(progress=progress)]
-    files = sorted((Path(f) for f in catalog.dataset().files), key=lambda p: p.name)
-    bad = []
-    for done, path in enumerate(files, 1):
-        try:
-            read_model_row(path, verify=True)
-        except ModelRowsError as exc:
-            bad.append((path.name.split(".", 1)[0], path, str(exc)))
-        progress(done, len(files))
-    return bad
-
-
 @app.command("verify")
 def verify(catalog: CatalogArg = None, catalog_opt: CatalogOpt = None) -> None:
     """Re-check every row: file structure, tensor table and the checksum of every byte.
@@ -945,7 +920,7 @@ def verify(catalog: CatalogArg = None, catalog_opt: CatalogOpt = None) -> None:
         disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("verify", total=None)
-        bad = _verify_rows(cat, lambda done, total: bar.update(task, completed=done, total=total))
+        bad = cat.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
         total = int(bar.tasks[0].total or 0)
     out = _stdout()
     if not bad:

@@ -11,11 +11,16 @@ The tree::
     │   └── WeightsMismatchError   load_weights found missing, unexpected, mis-shaped or mis-typed tensors
     ├── RowFileError           a row file cannot be read
     │   ├── NotArrowFileError      not an Arrow IPC file at all (magic, footer, truncation)
+    │   ├── RowCountError          an Arrow file that does not hold exactly one row
+    │   ├── UnsupportedFeatureError  an Arrow feature row files never use (compression,
+    │   │                            dictionaries, extension types), refused before reading
     │   └── CorruptRowError        an Arrow file whose row is inconsistent (bounds, checksum, layout)
     ├── StorageError           the filesystem failed during a write; nothing partial is visible
     ├── CatalogError           a catalog is missing, mismatched, or refuses an append
     │   └── RowNotFoundError       no row with that id (KeyError)
     └── CommandLineError       the `modelrows` command was given arguments it cannot use
+
+    CorruptRowWarning          a query skipped a corrupt row file (on_corrupt="skip"); a UserWarning
 
 Every message says what was wrong, where (file, column, tensor) and what to do.
 """
@@ -26,8 +31,10 @@ __all__ = [
     "CatalogError",
     "CommandLineError",
     "CorruptRowError",
+    "CorruptRowWarning",
     "ModelRowsError",
     "NotArrowFileError",
+    "RowCountError",
     "RowFileError",
     "RowNotFoundError",
     "RowValidationError",
@@ -35,6 +42,7 @@ __all__ = [
     "SchemaMismatchError",
     "StorageError",
     "UnknownSchemaError",
+    "UnsupportedFeatureError",
     "WeightsError",
     "WeightsMismatchError",
 ]
@@ -103,12 +111,40 @@ class NotArrowFileError(RowFileError):
     """The file is not an Arrow IPC file (wrong magic, truncated, unreadable footer)."""
 
 
+class RowCountError(RowFileError):
+    """The Arrow file does not hold exactly one row."""
+
+
+class UnsupportedFeatureError(RowFileError):
+    """The file uses an Arrow feature row files never use (compressed bodies, dictionaries,
+    extension types); it is refused before pyarrow reads it, so nothing it declares is allocated
+    or deserialized."""
+
+
 class CorruptRowError(RowFileError):
     """The file is Arrow, but its row is inconsistent: bounds, dtype, layout or checksum."""
 
 
 class StorageError(ModelRowsError):
-    """The filesystem failed while writing; the destination holds the whole old state or the new one."""
+    """The filesystem failed while writing; the destination holds the whole old state or the new one.
+
+    ``path`` is the file being written and ``step`` the step that failed (``"write"``,
+    ``"fsync"``, ``"link"`` ...). ``visible`` tells which state the destination holds: False, the
+    old one (nothing was written there); True, the new file is in place but may not be durable.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        step: str | None = None,
+        visible: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.step = step
+        self.visible = visible
 
 
 class CatalogError(ModelRowsError):
@@ -124,3 +160,8 @@ class RowNotFoundError(CatalogError, KeyError):
 
 class CommandLineError(ModelRowsError):
     """A command was given arguments it cannot use; the command exits with status 2."""
+
+
+class CorruptRowWarning(UserWarning):
+    """A query skipped a row file it could not read, because the caller passed
+    ``on_corrupt="skip"``; the message names the file and says why."""

@@ -12,6 +12,7 @@ import contextlib
 import mmap
 import os
 import secrets
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -23,12 +24,15 @@ import torch
 from .arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, DecodeContext, WeightsType
 from .errors import (
     CorruptRowError,
+    ModelRowsError,
     NotArrowFileError,
+    RowCountError,
     RowFileError,
     RowValidationError,
     StorageError,
     UnknownSchemaError,
 )
+from .ipcguard import check_row_file
 from .schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
 from .weights import ALIGNMENT, Weights
 
@@ -53,10 +57,6 @@ _WEIGHTS = WeightsType()
 
 MANAGED_COLUMNS = ("row_id", "written_at")
 """Columns a catalog adds to every row file it writes; not fields of any row class."""
-
-
-class RowCountError(RowFileError):
-    """The Arrow file does not hold exactly one row."""
 
 
 PathLike = str | os.PathLike[str]
@@ -183,6 +183,7 @@ class PendingFile:
     def __init__(self, path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool) -> None:
         self.path = path
         self.fsync = fsync
+        self.visible = False  # whether the file is at its final path (commit moved it there)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
         self._step("create", self._write, write)
 
@@ -204,8 +205,10 @@ class PendingFile:
     def _commit(self, replace: bool, sync_dir: bool) -> None:
         if replace:
             os.replace(self.tmp, self.path)
+            self.visible = True
         else:
             os.link(self.tmp, self.path)
+            self.visible = True
             self.step = "unlink"
             os.unlink(self.tmp)
         if self.fsync and sync_dir:
@@ -222,14 +225,16 @@ class PendingFile:
             fn(*args)
         except OSError as exc:
             self.abort()
-            visible = self.step in ("directory fsync", "unlink")
             raise StorageError(
                 f"writing {self.path} failed at step {self.step!r}: {exc}. "
                 + (
                     "The new file is in place but may not be durable yet."
-                    if visible
+                    if self.visible
                     else "Nothing was written there; the previous content (if any) is intact."
-                )
+                ),
+                path=str(self.path),
+                step=self.step,
+                visible=self.visible,
             ) from exc
         except BaseException:
             self.abort()
@@ -290,24 +295,32 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def _map(path: Path) -> tuple[mmap.mmap | None, torch.Tensor, pa.Buffer]:
+def _map(path: Path) -> tuple[mmap.mmap, torch.Tensor, pa.Buffer]:
     where = str(path)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < _MIN_FILE:
-                raise NotArrowFileError(
-                    f"{where}: {size} bytes is too short to be an Arrow IPC file", path=where
-                )
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    try:  # O_NONBLOCK: opening a FIFO named like a row file must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise RowFileError(f"{where}: no such file", path=where) from None
-    except IsADirectoryError:
-        raise RowFileError(f"{where}: is a directory, not a row file", path=where) from None
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, NotArrowFileError):
-            raise
+    except OSError as exc:
         raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
+    try:
+        mode = os.fstat(fd)
+        if stat.S_ISDIR(mode.st_mode):
+            raise RowFileError(f"{where}: is a directory, not a row file", path=where)
+        if not stat.S_ISREG(mode.st_mode):
+            raise RowFileError(
+                f"{where}: is not a regular file (a pipe, socket or device), so not a row file",
+                path=where,
+            )
+        if mode.st_size < _MIN_FILE:
+            raise NotArrowFileError(
+                f"{where}: {mode.st_size} bytes is too short to be an Arrow IPC file", path=where
+            )
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
+    finally:
+        os.close(fd)
     if mm[:6] != _MAGIC or mm[-6:] != _MAGIC:
         missing = "start" if mm[:6] != _MAGIC else "end"
         mm.close()
@@ -316,12 +329,18 @@ def _map(path: Path) -> tuple[mmap.mmap | None, torch.Tensor, pa.Buffer]:
             "is it truncated, or another format?",
             path=where,
         )
+    with memoryview(mm) as view:
+        check_row_file(view, where=where)
     storage = torch.frombuffer(mm, dtype=torch.uint8)
     return mm, storage, pa.py_buffer(mm)
 
 
 def read_row_file(path: PathLike) -> tuple[pa.RecordBatch, DecodeContext]:
-    """Open a one-row Arrow IPC file, check its structure, and return its batch (zero-copy)."""
+    """Open a one-row Arrow IPC file, check its structure, and return its batch (zero-copy).
+
+    The footer and the batch header are checked before pyarrow reads them (ipcguard), then
+    pyarrow validates the whole batch; no tensor byte is read.
+    """
     target = Path(path)
     where = str(target)
     _mm, storage, buf = _map(target)
@@ -331,23 +350,11 @@ def read_row_file(path: PathLike) -> tuple[pa.RecordBatch, DecodeContext]:
         raise NotArrowFileError(
             f"{where}: not a readable Arrow IPC file ({exc}); is it truncated?", path=where
         ) from exc
-    if reader.num_record_batches == 0:
-        raise RowCountError(f"{where}: holds 0 rows; a row file holds exactly one", path=where)
-    if reader.num_record_batches != 1:
-        raise RowCountError(
-            f"{where}: holds {reader.num_record_batches} record batches; a row file holds "
-            "exactly one row in one batch",
-            path=where,
-        )
     try:
         batch = reader.get_batch(0)
         batch.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise CorruptRowError(f"{where}: the record batch is corrupt: {exc}", path=where) from exc
-    if batch.num_rows != 1:
-        raise RowCountError(
-            f"{where}: holds {batch.num_rows} rows; a row file holds exactly one", path=where
-        )
     return batch, DecodeContext(where, storage, buf.address)
 
 
@@ -393,21 +400,34 @@ def decode_row(
     cls = nearest_declared(qualified, where=where)
     cls.validate_schema(batch.schema, where=where)
     values: dict[str, Any] = {}
-    for i, f in enumerate(batch.schema):
-        column = batch.column(i)
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        field = cls.__row_fields__.get(f.name)
-        if field is not None:
-            values[f.name] = field.type.decode(column, index, ctx)
-        elif f.type == WEIGHTS_ARROW_TYPE:  # an undeclared weights column still reads as Weights
-            values[f.name] = _WEIGHTS.decode(column, index, ctx)
-        else:
-            values[f.name] = column[index].as_py()
     try:
+        for i, f in enumerate(batch.schema):
+            try:
+                values[f.name] = _decode_column(batch.column(i), cls, f, index, ctx)
+            except ModelRowsError:
+                raise
+            except (ArithmeticError, LookupError, TypeError, ValueError, pa.ArrowException) as exc:
+                raise CorruptRowError(
+                    f"{where}: column {f.name!r} holds a value that cannot be decoded ({exc}); "
+                    "the file is corrupt",
+                    path=where,
+                ) from exc
         return cls._from_stored(values, declared=qualified)
     except RowValidationError as exc:
         raise RowValidationError(f"{where}: {exc}") from exc
+
+
+def _decode_column(
+    column: pa.Array | pa.ChunkedArray, cls: type[Row], f: pa.Field, index: int, ctx: DecodeContext
+) -> Any:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    field = cls.__row_fields__.get(f.name)
+    if field is not None:
+        return field.type.decode(column, index, ctx)
+    if f.type == WEIGHTS_ARROW_TYPE:  # an undeclared weights column still reads as Weights
+        return _WEIGHTS.decode(column, index, ctx)
+    return column[index].as_py()
 
 
 def verify_row(row: Row, *, where: str) -> None:
