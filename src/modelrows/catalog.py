@@ -51,6 +51,7 @@ from .rowfile import (
     decode_row,
     fsync_dir,
     prepare_row_file,
+    read_model_row,
     read_row_file,
     verify_row,
     write_atomic,
@@ -574,12 +575,7 @@ class Catalog:
 
         The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
         """
-        path = self.path_of(row_id)
-        batch, ctx = read_row_file(path)
-        row = decode_row(batch, 0, ctx)
-        if verify:
-            verify_row(row, where=ctx.where)
-        return row
+        return read_model_row(self.path_of(row_id), verify=verify)
 
     def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
         """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
