@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import xxhash
 
@@ -281,6 +282,31 @@ def _tie_key(t: torch.Tensor) -> tuple[Any, ...]:
     )
 
 
+def empty_bytes(n: int) -> torch.Tensor:
+    """``n`` uninitialized bytes of CPU memory, backed by transparent huge pages where possible.
+
+    NumPy's allocator advises the kernel to use huge pages for large blocks (``MADV_HUGEPAGE``),
+    which makes the first write to fresh memory several times faster than torch.empty's 4 KB
+    pages (one page fault per 2 MB instead of per 4 KB). The result starts 64-byte aligned.
+    """
+    block = np.empty(n + ALIGNMENT, dtype=np.uint8)
+    start = -block.ctypes.data % ALIGNMENT
+    return torch.from_numpy(block[start : start + n])
+
+
+def copy_bytes(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy ``src`` into the uint8 CPU tensor ``dst`` (its exact size), as raw bytes.
+
+    Contiguous CPU sources are copied with one plain memcpy (NumPy), which is as fast as torch's
+    copy_ and does not wait on torch's thread pool: on a busy machine each parallel copy_ can stall
+    for milliseconds until a second thread is scheduled. Anything else goes through copy_.
+    """
+    if src.device.type == "cpu" and src.is_contiguous() and not (src.is_conj() or src.is_neg()):
+        np.copyto(dst.numpy(), src.reshape(-1).view(torch.uint8).numpy())
+    else:
+        dst.view(src.dtype).view(src.shape).copy_(src)
+
+
 def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
     """Copy tensors into one storage, each at a 64-byte boundary (after 64 bytes of slack)."""
     entries: list[TensorEntry] = []
@@ -301,14 +327,15 @@ def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[Tens
         owner[key] = entry
         sources.append((offset, t))
         cursor = offset + nbytes
-    storage = torch.empty(_align(cursor), dtype=torch.uint8)
+    storage = empty_bytes(_align(cursor))
+    raw = storage.numpy()
     end = 0
     for offset, t in sources:
-        storage[end:offset].zero_()
+        raw[end:offset] = 0
         nbytes = t.numel() * t.element_size()
-        storage[offset : offset + nbytes].view(t.dtype).view(t.shape).copy_(t)
+        copy_bytes(storage[offset : offset + nbytes], t)
         end = offset + nbytes
-    storage[end:].zero_()
+    raw[end:] = 0
     return storage, tuple(entries)
 
 
