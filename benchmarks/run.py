@@ -155,6 +155,9 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
     )
     cs = [
         ours,
+        Contender(
+            "modelrows: fetch_weights(model) only (the snapshot copy)", lambda: fetch_weights(model)
+        ),
         write_only,
         Contender(
             "modelrows: catalog.append(fsync=False)", lambda: append(False), after=drop_appended
@@ -179,7 +182,7 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
         ),
     ]
     race(cs, reps=sizes.reps)
-    st = cs[4]
+    st = next(c for c in cs if c.name.startswith("safetensors: save_file(model"))
     out = []
     for c in cs:
         speed = paired_ratio(st, c)
@@ -195,6 +198,7 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
                 gbps(nbytes, c.median),
                 {"vs safetensors": speed},
                 targets,
+                extra={"times": c.times},
             )
         )
     shutil.rmtree(d)
@@ -256,7 +260,18 @@ def bench_load(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
                 target(">= 1.0x safetensors", ratios["vs safetensors"], at_least=1.0),
                 target(">= 0.9x memcpy", ratios["vs memcpy"], at_least=0.9),
             ]
-        out.append(Result(label, c.name, c.median, "s", gbps(nbytes, c.median), ratios, targets))
+        out.append(
+            Result(
+                label,
+                c.name,
+                c.median,
+                "s",
+                gbps(nbytes, c.median),
+                ratios,
+                targets,
+                extra={"times": c.times},
+            )
+        )
     shutil.rmtree(d)
     return out
 
@@ -441,7 +456,7 @@ def bench_queries(sizes: Sizes, work: Path) -> list[Result]:
                     f"{read / 1000:,.0f} KB read",
                     ratios,
                     targets,
-                    extra={"bytes_read": read},
+                    extra={"bytes_read": read, "times": c.times},
                 )
             )
     return out
@@ -478,6 +493,7 @@ def bench_append(sizes: Sizes, work: Path) -> list[Result]:
                     "rows/s",
                     f"{c.median / chunk * 1e3:.2f} ms/row",
                     ratios,
+                    extra={"times": c.times, "rows_per_time": chunk},
                 )
             )
     shutil.rmtree(d)
