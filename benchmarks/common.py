@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -88,12 +89,32 @@ class Contender:
         return statistics.median(self.times)
 
 
-def race(contenders: list[Contender], *, reps: int, warmup: int = 1) -> None:
-    """Time every contender ``reps`` times, round-robin, so drift hits them all alike."""
+def prefault(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it again.
+
+    On a VM whose kernel hands free memory back to the hypervisor (free page reporting, ballooning),
+    touching such memory again costs the host's page faults: about 0.35 GB/s on the machine of
+    docs/benchmarks.md, ten times a normal first touch. Which contender meets such memory would
+    depend on who ran before it; touching enough memory just before each timed run gives every
+    contender host-backed free memory to allocate from.
+    """
+    if nbytes > 0:
+        block = np.ones(nbytes, dtype=np.uint8)
+        del block
+
+
+def race(
+    contenders: list[Contender], *, reps: int, warmup: int = 1, prefault_bytes: int = 0
+) -> None:
+    """Time every contender ``reps`` times, round-robin, so drift hits them all alike.
+
+    ``prefault_bytes``: memory touched and freed (untimed) before each timed run; see prefault.
+    """
     for rep in range(warmup + reps):
         for c in contenders:
             if c.before is not None:
                 c.before()
+            prefault(prefault_bytes)
             gc.collect()
             t0 = time.perf_counter()
             c.run()

@@ -71,6 +71,7 @@ class Sizes:
     append_rows: int
     append_rows_fsync: int
     peak_methods: int  # how many of the load methods the peak-memory section runs
+    prefault: int = 3  # before each timed save, touch this many checkpoints' worth of memory
 
 
 FULL = Sizes(400 * MB, 1000 * MB, 7, (1_000, 2_000, 10_000), (1_000, 2_000), 5, 2_000, 200, 6)
@@ -181,7 +182,7 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
             after=lambda: unlink(p["pt"]),
         ),
     ]
-    race(cs, reps=sizes.reps)
+    race(cs, reps=sizes.reps, prefault_bytes=sizes.prefault * nbytes)
     st = next(c for c in cs if c.name.startswith("safetensors: save_file(model"))
     out = []
     for c in cs:
@@ -248,7 +249,7 @@ def bench_load(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
             lambda: fresh.load_state_dict(torch.load(pt, mmap=True, weights_only=True)),
         ),
     ]
-    race(cs, reps=sizes.reps)
+    race(cs, reps=sizes.reps)  # no prefault: loading into a built model allocates little
     for k, v in fresh.state_dict().items():  # the loads really happened
         assert torch.equal(v, source[k]), k
     out = []
@@ -593,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark data")
     parser.add_argument(
+        "--no-prefault",
+        action="store_true",
+        help="do not touch fresh memory before each timed save (see benchmarks/common.py)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch intra-op threads for everyone (default: torch's own)"
     )
     args = parser.parse_args(argv)
@@ -603,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = only - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.no_prefault:
+        sizes.prefault = 0
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
