@@ -58,3 +58,26 @@ def test_a_preallocated_file_is_exactly_its_arrow_bytes(tmp_path: Path) -> None:
     write_model_row(path, ModelV1(weights=fetch_weights(torch.nn.Linear(2, 2))), fsync=False)
     assert path.stat().st_size < 4096
     assert read_model_row(path, verify=True).weights["weight"].shape == (2, 2)
+
+
+def test_read_views_are_contiguous_tensors_of_the_mapped_file(tmp_path: Path) -> None:
+    tensors = {
+        "f32": torch.randn(3, 1, 5),
+        "bf16": torch.randn(4, 2).to(torch.bfloat16),
+        "i64": torch.tensor(7),
+        "empty": torch.zeros(2, 0, 3),
+        "bool": torch.tensor([[True], [False]]),
+        "f64": torch.randn(5).double(),
+    }
+    tensors["tied"] = tensors["f32"]
+    path = tmp_path / "m.model.arrow"
+    write_model_row(path, ModelV1(weights=fetch_weights(tensors)), fsync=False)
+    w = read_model_row(path, verify=True).weights
+    start = w._storage.data_ptr()
+    for name, t in tensors.items():
+        back = w[name]
+        assert back.is_contiguous() and back.shape == t.shape and back.dtype == t.dtype, name
+        assert torch.equal(back, t), name
+        if back.numel():
+            assert start <= back.data_ptr() < start + w._storage.numel(), name
+    assert w["tied"] is w["f32"]

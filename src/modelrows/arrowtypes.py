@@ -425,13 +425,10 @@ class WeightsType(FieldType):
         stored_checksum = array.field("checksum")[index].as_py()
         stored_fingerprint = array.field("fingerprint")[index].as_py()
         storage, base = ctx.storage_for(blob_addr, blob_len, values_buf, start)
-        entries = tuple(
-            TensorEntry(e.name, e.dtype, e.shape, e.offset + base, e.nbytes)
-            for e in decode_entries(tensors, blob_len, where)
-        )
+        entries = tuple(decode_entries(tensors, blob_len, where, base=base))
+        address = storage.data_ptr()
         if any(
-            e.nbytes and ((storage.data_ptr() + e.offset) % DTYPE_NAMES[e.dtype].itemsize)
-            for e in entries
+            e.nbytes and ((address + e.offset) % DTYPE_NAMES[e.dtype].itemsize) for e in entries
         ):  # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
             storage = storage[base : base + blob_len].clone()
             entries = tuple(
@@ -470,8 +467,12 @@ class DecodeContext:
         return torch.from_numpy(raw.copy()), 0
 
 
-def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[TensorEntry]:
-    """Validate the tensor table of one weights value against its blob; raise CorruptRowError."""
+def decode_entries(
+    tensors: pa.StructArray, blob_len: int, where: str, *, base: int = 0
+) -> list[TensorEntry]:
+    """Validate the tensor table of one weights value against its blob; raise CorruptRowError.
+
+    The entries' offsets are shifted by ``base`` (where the blob starts in its storage)."""
 
     def bad(msg: str) -> CorruptRowError:
         return CorruptRowError(
@@ -511,12 +512,12 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
                 f"tensor {name!r} needs bytes [{offset}, {offset + nbytes}) but the data holds "
                 f"only {blob_len}"
             )
-        entries.append(TensorEntry(name, dtype, tuple(shape), offset, nbytes))
+        entries.append(TensorEntry(name, dtype, tuple(shape), offset + base, nbytes))
     spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
     for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
         if o1 + n1 > o2:
             raise bad(
-                f"tensors overlap at byte {o2}; tensors share bytes only when tied (identical)"
+                f"tensors overlap at byte {o2 - base}; tensors share bytes only when tied (identical)"
             )
     return entries
 

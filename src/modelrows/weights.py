@@ -98,11 +98,21 @@ class Weights(Mapping[str, torch.Tensor]):
     def _init(self, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> None:
         views: dict[tuple[int, int], torch.Tensor] = {}
         tensors: dict[str, torch.Tensor] = {}
+        flat: dict[torch.dtype, torch.Tensor | None] = {}  # the storage viewed as each dtype
         for e in entries:
             key = (e.offset, e.nbytes)
             t = views.get(key) if e.nbytes else None
             if t is None:
-                t = storage[e.offset : e.offset + e.nbytes].view(DTYPE_NAMES[e.dtype]).view(e.shape)
+                dtype = DTYPE_NAMES[e.dtype]
+                size = dtype.itemsize
+                if dtype not in flat:
+                    flat[dtype] = _flat_view(storage, dtype)
+                whole = flat[dtype]
+                if whole is not None and e.nbytes and e.offset % size == 0:
+                    # one as_strided call instead of slice + view + view: ~3x faster per tensor
+                    t = whole.as_strided(e.shape, _strides(e.shape), e.offset // size)
+                else:
+                    t = storage[e.offset : e.offset + e.nbytes].view(dtype).view(e.shape)
                 views[key] = t
             tensors[e.name] = t
         object.__setattr__(self, "_storage", storage)
@@ -222,6 +232,23 @@ class Weights(Mapping[str, torch.Tensor]):
 
     def __reduce__(self) -> Any:
         raise TypeError("Weights are never pickled; store them with write_model_row or a Catalog")
+
+
+def _flat_view(storage: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """The uint8 ``storage`` (starting at its storage's first byte) as one flat ``dtype`` tensor,
+    or None where that view is not possible (misaligned start)."""
+    size = dtype.itemsize
+    if storage.storage_offset() or storage.data_ptr() % size:
+        return None
+    usable = storage.numel() - storage.numel() % size
+    return storage[:usable].view(dtype)
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * max(shape[i + 1], 1)
+    return tuple(strides)
 
 
 def _human_bytes(n: int) -> str:
@@ -428,8 +455,10 @@ def load_weights(
                 f"no tensor name starts with prefix {dotted!r}; "
                 f"prefixes present: {', '.join(heads) or '(none)'}"
             )
-    for name, value in source.items():
-        _check_tensor(name, value)
+    known = isinstance(weights, Weights)  # its tensors were checked when it was built
+    if not known:
+        for name, value in source.items():
+            _check_tensor(name, value)
     targets = {
         k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)
     }
@@ -475,9 +504,11 @@ def load_weights(
 
     # Re-tie: tensors stored once under two names must be one parameter in the model too.
     retied: list[tuple[str, str]] = []
-    first_of: dict[tuple[Any, ...], str] = {}
+    first_of: dict[Any, str] = {}
     for name in to_load:
-        owner = first_of.setdefault(_tie_key(source[name]), name)
+        # tied tensors of a Weights are one tensor object; other mappings compare storage views
+        key = id(source[name]) if known else _tie_key(source[name])
+        owner = first_of.setdefault(key, name)
         if owner == name or source[name].numel() == 0:
             continue
         if targets[name] is targets[owner]:
