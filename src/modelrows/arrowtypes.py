@@ -445,7 +445,7 @@ class WeightsType(FieldType):
 
     def decode(self, array: pa.StructArray, index: int, ctx: DecodeContext) -> Weights | None:
         """Weights of row ``index``: zero-copy views of ``ctx.storage`` when the bytes lie there."""
-        if not array[index].is_valid:
+        if is_null(array, index):
             return None
         where = ctx.where
         tensors = array.field("tensors")[index].values
@@ -459,16 +459,15 @@ class WeightsType(FieldType):
         stored_checksum = array.field("checksum")[index].as_py()
         stored_fingerprint = array.field("fingerprint")[index].as_py()
         storage, base = ctx.storage_for(blob_addr, blob_len, values_buf, start)
-        entries = tuple(
-            TensorEntry(e.name, e.dtype, e.shape, e.offset + base, e.nbytes)
-            for e in decode_entries(tensors, blob_len, where)
-        )
+        entries = tuple(decode_entries(tensors, blob_len, where, base=base))
+        address = storage.data_ptr()
         if any(
-            (storage.data_ptr() + e.offset) % DTYPE_NAMES[e.dtype].itemsize for e in entries
-        ):  # a foreign writer left a tensor (even an empty one) misaligned for its dtype: copy
+            (address + e.offset) % DTYPE_NAMES[e.dtype].itemsize for e in entries
+        ):  # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
             storage = storage[base : base + blob_len].clone()
             entries = tuple(
-                TensorEntry(e.name, e.dtype, e.shape, e.offset - base, e.nbytes) for e in entries
+                TensorEntry(e.name, e.dtype, e.shape, e.offset - base if e.nbytes else 0, e.nbytes)
+                for e in entries
             )
         w = Weights._from_storage(storage, entries)
         if w.fingerprint != stored_fingerprint:
@@ -479,6 +478,12 @@ class WeightsType(FieldType):
             )
         object.__setattr__(w, "_stored_checksum", stored_checksum)
         return w
+
+
+def is_null(array: pa.Array, index: int) -> bool:
+    """Whether row ``index`` of ``array`` is null, without building a scalar (a struct scalar
+    would read every byte of its children, e.g. a whole weights blob)."""
+    return bool(array.null_count) and not array.is_valid()[index].as_py()
 
 
 class DecodeContext:
@@ -503,8 +508,12 @@ class DecodeContext:
         return torch.from_numpy(raw.copy()), 0
 
 
-def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[TensorEntry]:
-    """Validate the tensor table of one weights value against its blob; raise CorruptRowError."""
+def decode_entries(
+    tensors: pa.StructArray, blob_len: int, where: str, *, base: int = 0
+) -> list[TensorEntry]:
+    """Validate the tensor table of one weights value against its blob; raise CorruptRowError.
+
+    The entries' offsets are shifted by ``base`` (where the blob starts in its storage)."""
 
     def bad(msg: str) -> CorruptRowError:
         return CorruptRowError(
@@ -556,13 +565,16 @@ def decode_entries(tensors: pa.StructArray, blob_len: int, where: str) -> list[T
                 f"tensor {name!r} needs bytes [{offset}, {offset + nbytes}) but the data holds "
                 f"only {blob_len}"
             )
-        # an empty tensor has no bytes, so where it says they are does not matter
-        entries.append(TensorEntry(name, dtype, tuple(shape), offset if nbytes else 0, nbytes))
+        # an empty tensor has no bytes, so where it says they are does not matter: put it at the
+        # (aligned) start of the storage
+        entries.append(
+            TensorEntry(name, dtype, tuple(shape), offset + base if nbytes else 0, nbytes)
+        )
     spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
     for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
         if o1 + n1 > o2:
             raise bad(
-                f"tensors overlap at byte {o2}; tensors share bytes only when tied (identical)"
+                f"tensors overlap at byte {o2 - base}; tensors share bytes only when tied (identical)"
             )
     return entries
 

