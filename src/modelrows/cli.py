@@ -147,6 +147,12 @@ CatalogOpt = Annotated[
         show_default=False,
     ),
 ]
+CatalogOfTwoArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="CATALOG", help="The catalog, when two arguments are given.", show_default=False
+    ),
+]
 FormatOpt = Annotated[
     Format | None,
     typer.Option(
@@ -563,12 +569,7 @@ def ls(
 
 @app.command("sql")
 def sql(
-    first: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="CATALOG", help="The catalog, when two arguments are given.", show_default=False
-        ),
-    ] = None,
+    first: CatalogOfTwoArg = None,
     second: Annotated[
         str | None,
         typer.Argument(
@@ -1182,12 +1183,7 @@ ColumnOpt = Annotated[
 
 @app.command("export")
 def export(
-    first: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="CATALOG", help="The catalog, when two arguments are given.", show_default=False
-        ),
-    ] = None,
+    first: CatalogOfTwoArg = None,
     second: Annotated[
         str | None,
         typer.Argument(
