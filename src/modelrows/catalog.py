@@ -410,7 +410,10 @@ class Catalog:
 
     def path_of(self, row_id: str) -> Path:
         """The file holding ``row_id``; RowNotFoundError if there is none."""
-        path = self._row_files().get(row_id)
+        return self._path_in(self._row_files(), row_id)
+
+    def _path_in(self, files: dict[str, Path], row_id: str) -> Path:
+        path = files.get(row_id)
         if path is None:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.root}")
         return path
@@ -564,8 +567,10 @@ class Catalog:
         order = f'"{by}" {"DESC" if descending else "ASC"}, row_id'
         if on_corrupt == "raise":
             order += " LIMIT 1"
-        for row_id in self._ids(where=cond, order=order, on_corrupt=on_corrupt):
-            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt)
+        ids = self._ids(where=cond, order=order, on_corrupt=on_corrupt)
+        files = self._row_files() if ids else {}
+        for row_id in ids:
+            row = self._load(row_id, files, verify=verify, on_corrupt=on_corrupt)
             if row is not None:
                 return row
         return None
@@ -577,10 +582,14 @@ class Catalog:
         """
         return read_model_row(self.path_of(row_id), verify=verify)
 
-    def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
-        """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
+    def _load(
+        self, row_id: str, files: dict[str, Path], *, verify: bool, on_corrupt: OnCorrupt
+    ) -> Row | None:
+        """get() through ``files`` (one walk of the tree serves many rows), or None with a warning
+        for a corrupt row when ``on_corrupt="skip"``."""
+        path = self._path_in(files, row_id)
         try:
-            return self.get(row_id, verify=verify)
+            return read_model_row(path, verify=verify)
         except RowFileError as exc:
             if on_corrupt == "raise":
                 raise
@@ -595,8 +604,10 @@ class Catalog:
         With ``on_corrupt="skip"``, corrupt rows (or, with ``verify=True``, rows whose checksum
         fails) are skipped with a warning.
         """
-        for row_id in self._ids(where=where, order="row_id", on_corrupt=on_corrupt):
-            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt)
+        ids = self._ids(where=where, order="row_id", on_corrupt=on_corrupt)
+        files = self._row_files() if ids else {}
+        for row_id in ids:
+            row = self._load(row_id, files, verify=verify, on_corrupt=on_corrupt)
             if row is not None:
                 yield row
 
