@@ -871,9 +871,9 @@ def show(
         path, target = Path(first), first
     else:
         catalog, target = _open(None, catalog_opt), first
-    row = read_model_row(target) if catalog is None else catalog.get(target)
     if catalog is not None:
-        path = catalog.path_of(target)
+        path = catalog.path_of(target)  # one walk of the catalog; the row is read from the path
+    row = read_model_row(target if path is None else path)
     schema = catalog.arrow_schema if catalog is not None else _file_schema(path)
     types = {f.name: str(f.type) for f in schema}
     facts = _row_facts(row, path=path, types=types)
