@@ -126,9 +126,11 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
     fetched = ModelV1(weights=fetch_weights(model))
     ids: list[str] = []
 
-    def append(fsync: bool) -> None:
-        row = BenchRowV1(weights=fetch_weights(model), run="a", epoch=1, accuracy=0.5)
-        ids.append(cat.append(row, fsync=fsync))
+    def append(fsync: bool, copy: bool = False) -> None:
+        weights = fetch_weights(model, copy=copy)
+        ids.append(
+            cat.append(BenchRowV1(weights=weights, run="a", epoch=1, accuracy=0.5), fsync=fsync)
+        )
 
     def drop_appended() -> None:
         cat.path_of(ids.pop()).unlink()
@@ -141,30 +143,46 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
         finally:
             os.close(fd)
 
-    p = {k: d / f"{k}.bin" for k in ("ours", "write", "st", "stf", "pt")}
+    p = {k: d / f"{k}.bin" for k in ("ours", "snap", "write", "st", "stf", "pt")}
     ours = Contender(
-        "modelrows: write_model_row(ModelV1(weights=fetch_weights(model)))",
-        lambda: write_model_row(p["ours"], ModelV1(weights=fetch_weights(model)), fsync=False),
+        "modelrows: write_model_row(ModelV1(weights=fetch_weights(model, copy=False)))",
+        lambda: write_model_row(
+            p["ours"], ModelV1(weights=fetch_weights(model, copy=False)), fsync=False
+        ),
         after=lambda: unlink(p["ours"]),
     )
-    write_only = Contender(
-        "modelrows: write_model_row only (weights fetched beforehand)",
-        lambda: write_model_row(p["write"], fetched, fsync=False),
-        after=lambda: unlink(p["write"]),
-        # forget the cached checksum: each write hashes the bytes, as for fresh weights
-        before=lambda: object.__setattr__(fetched.weights, "_checksum", None),
+    append_live = Contender(
+        "modelrows: catalog.append(fsync=False), fetch_weights(model, copy=False)",
+        lambda: append(False),
+        after=drop_appended,
     )
     cs = [
         ours,
+        append_live,
+        Contender(
+            "modelrows: catalog.append(fsync=True), fetch_weights(model, copy=False)",
+            lambda: append(True),
+            after=drop_appended,
+        ),
+        Contender(
+            "modelrows: write_model_row(ModelV1(weights=fetch_weights(model))), snapshot copy",
+            lambda: write_model_row(p["snap"], ModelV1(weights=fetch_weights(model)), fsync=False),
+            after=lambda: unlink(p["snap"]),
+        ),
         Contender(
             "modelrows: fetch_weights(model) only (the snapshot copy)", lambda: fetch_weights(model)
         ),
-        write_only,
         Contender(
-            "modelrows: catalog.append(fsync=False)", lambda: append(False), after=drop_appended
+            "modelrows: write_model_row only (snapshot fetched beforehand)",
+            lambda: write_model_row(p["write"], fetched, fsync=False),
+            after=lambda: unlink(p["write"]),
+            # forget the cached checksum: each write hashes the bytes, as for fresh weights
+            before=lambda: object.__setattr__(fetched.weights, "_checksum", None),
         ),
         Contender(
-            "modelrows: catalog.append(fsync=True)", lambda: append(True), after=drop_appended
+            "modelrows: catalog.append(fsync=False), snapshot copy",
+            lambda: append(False, copy=True),
+            after=drop_appended,
         ),
         Contender(
             "safetensors: save_file(model.state_dict())",
@@ -188,7 +206,7 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
     for c in cs:
         speed = paired_ratio(st, c)
         targets = []
-        if c is ours or c is write_only or c.name.endswith("append(fsync=False)"):
+        if c is ours or c is append_live:
             targets.append(target(">= 1.0x safetensors", speed, at_least=1.0))
         out.append(
             Result(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import mmap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,15 @@ import pyarrow as pa
 import torch
 
 from .errors import CorruptRowError, SchemaError
-from .weights import ALIGNMENT, DTYPE_NAMES, FORMAT_DTYPES, TensorEntry, Weights, fetch_weights
+from .weights import (
+    ALIGNMENT,
+    DTYPE_NAMES,
+    FORMAT_DTYPES,
+    TensorEntry,
+    Weights,
+    fetch_weights,
+    stream_packed,
+)
 
 __all__ = ["WEIGHTS_ARROW_TYPE", "FieldType", "RowLike", "resolve"]
 
@@ -372,11 +381,52 @@ WEIGHTS_ARROW_TYPE = pa.struct(
 MAX_NDIM = 64
 
 
+CHECKSUM_PLACEHOLDER = "xxh3-64:" + "?" * 16
+"""Stands in for a checksum a :class:`BlobStream` computes while the blob is written."""
+
+
+class BlobStream:
+    """A weights blob that is not in memory: ``to_arrow`` puts a placeholder of the right size in
+    the batch, and whoever serializes the batch calls :meth:`write` when the placeholder's turn
+    comes, then :meth:`checksum_bytes` for the checksum's placeholder (written after the blob)."""
+
+    def __init__(
+        self, weights: Weights, sources: list[tuple[int, torch.Tensor]], start: int, end: int
+    ) -> None:
+        self.weights, self.sources, self.start, self.end = weights, sources, start, end
+        self.checksum: str | None = None
+        self.blob = pa.allocate_buffer(0)  # replaced by to_arrow with the placeholder
+        self.checksum_value = pa.allocate_buffer(0)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def write(self, write: Callable[[Any], object]) -> None:
+        self.checksum = stream_packed(self.sources, self.start, self.end, write)
+        self.weights._wrote(self.checksum)
+
+    def checksum_bytes(self) -> bytes:
+        if self.checksum is None:
+            raise AssertionError("the checksum is written after the blob it covers")
+        out = self.checksum.encode()
+        if len(out) != len(CHECKSUM_PLACEHOLDER):
+            raise AssertionError(f"checksum {self.checksum!r} has an unexpected length")
+        return out
+
+
 @dataclass
 class BlobPlan:
-    """Where a weights blob will land in its file: chosen by the writer, used by ``to_arrow``."""
+    """Where a weights blob will land in its file (chosen by the writer) and, once ``to_arrow``
+    has built the column, the stream that writes the blob in place of its placeholder."""
 
     position: int = 0
+    stream: BlobStream | None = None
+
+
+def _placeholder(size: int) -> pa.Buffer:
+    """``size`` bytes that cost nothing until read: a private anonymous mapping (zeros)."""
+    return pa.py_buffer(mmap.mmap(-1, size))
 
 
 class WeightsType(FieldType):
@@ -394,8 +444,10 @@ class WeightsType(FieldType):
         return weights_type_problem(t) is None
 
     def to_arrow(self, values: Sequence[Any], plan: BlobPlan | None = None) -> pa.Array:
-        """One Arrow struct per Weights. With one value and a ``plan``, the blob is a zero-copy
-        slice of the weights' storage chosen so every tensor lands 64-byte aligned in the file."""
+        """One Arrow struct per Weights. With one value and a ``plan``, the blob is a placeholder
+        and ``plan.stream`` writes the tensors in its place, straight from the weights' own
+        tensors, placed so every tensor lands 64-byte aligned in the file; without a plan the
+        blob is built in memory."""
         if len(values) != 1:
             return (
                 pa.concat_arrays([self.to_arrow([v]) for v in values])
@@ -406,16 +458,22 @@ class WeightsType(FieldType):
         if w is None:
             return pa.array([None], type=self.arrow_type)
         assert isinstance(w, Weights)
-        storage, entries = w._writable()
-        distinct_ends = [e.offset + e.nbytes for e in entries if e.nbytes]
-        first = min((e.offset for e in entries if e.nbytes), default=0)
-        end = max(distinct_ends, default=first)
-        raw = pa.py_buffer(storage.numpy())
-        position = plan.position if plan is not None else 0
-        lead = (position - raw.address) % ALIGNMENT  # blob starts here in the storage
-        if lead > first:
+        entries, sources, _size = w._layout()
+        first = min((e.offset for e in entries if e.nbytes), default=None)
+        end = max((e.offset + e.nbytes for e in entries if e.nbytes), default=0)
+        lead = plan.position % ALIGNMENT if plan is not None and first is not None else 0
+        if first is not None and lead > first:
             raise AssertionError("packed weights keep 64 bytes of slack before the first tensor")
-        blob = raw.slice(lead, max(end - lead, 0)) if end > lead else pa.py_buffer(b"")
+        stream = BlobStream(w, sources, lead, max(end, lead))  # the blob: bytes [lead, end)
+        if plan is not None and stream.size:
+            stream.blob = _placeholder(stream.size)
+            stream.checksum_value = pa.py_buffer(CHECKSUM_PLACEHOLDER.encode())
+            plan.stream = stream
+        else:  # build the blob in memory (a row file streams it instead)
+            blob = bytearray()
+            stream.write(blob.extend)
+            stream.blob = pa.py_buffer(blob)
+            stream.checksum_value = pa.py_buffer(stream.checksum_bytes())
         tensors = pa.array(
             [
                 {
@@ -436,10 +494,16 @@ class WeightsType(FieldType):
         data = pa.Array.from_buffers(
             pa.large_binary(),
             1,
-            [None, pa.py_buffer(np.array([0, blob.size], dtype=np.int64)), blob],
+            [None, pa.py_buffer(np.array([0, stream.size], dtype=np.int64)), stream.blob],
         )
+        checksum = pa.Array.from_buffers(
+            pa.string(),
+            1,
+            [None, pa.py_buffer(np.array([0, stream.checksum_value.size], dtype=np.int32)),
+             stream.checksum_value],
+        )  # fmt: skip
         return pa.StructArray.from_arrays(
-            [tensor_list, data, pa.array([w.fingerprint]), pa.array([w.checksum])],
+            [tensor_list, data, pa.array([w.fingerprint]), checksum],
             fields=list(WEIGHTS_ARROW_TYPE),
         )
 

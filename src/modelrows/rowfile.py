@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from .arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, DecodeContext, WeightsType
+from .arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, BlobStream, DecodeContext, WeightsType
 from .errors import (
     CorruptRowError,
     ModelRowsError,
@@ -68,25 +68,37 @@ PathLike = str | os.PathLike[str]
 
 
 class _Sink:
-    """A file-like sink for pyarrow that records where each buffer lands (and may write nothing)."""
+    """A file-like sink for pyarrow that records where each buffer lands (and may write nothing).
 
-    def __init__(self, f: IO[bytes] | None = None) -> None:
+    A weights blob that is a :class:`BlobStream`'s placeholder is replaced by the stream's bytes
+    (hashed as they pass), and the checksum's placeholder, which comes after it, by the checksum.
+    """
+
+    def __init__(self, f: IO[bytes] | None = None, streams: Sequence[BlobStream] = ()) -> None:
         self.f = f
         self.pos = 0
         self.positions: dict[tuple[int, int], int] = {}
         self.closed = False
+        self.blobs = {(s.blob.address, s.blob.size): s for s in streams}
+        self.checksums = {(s.checksum_value.address, s.checksum_value.size): s for s in streams}
 
     def write(self, data: Any) -> int:
         n: int
         if isinstance(data, pa.Buffer):
             n = int(data.size)
-            self.positions.setdefault((data.address, n), self.pos)
-            view: Any = memoryview(data) if n else b""
+            key = (data.address, n)
+            self.positions.setdefault(key, self.pos)
+            if self.f is not None and n:
+                if key in self.blobs:
+                    self.blobs.pop(key).write(self.f.write)
+                elif key in self.checksums:
+                    self.f.write(self.checksums.pop(key).checksum_bytes())
+                else:
+                    self.f.write(memoryview(data))
         else:
-            view = data
             n = len(memoryview(data))
-        if self.f is not None and n:
-            self.f.write(view)
+            if self.f is not None and n:
+                self.f.write(data)
         self.pos += n
         return n
 
@@ -111,9 +123,12 @@ def row_batch(
     row: Row,
     *,
     managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
-    plans: Mapping[str, BlobPlan] | None = None,
+    plans: dict[str, BlobPlan] | None = None,
 ) -> pa.RecordBatch:
-    """The one-row record batch of ``row``; ``managed`` adds columns (row_id ...) at the front."""
+    """The one-row record batch of ``row``; ``managed`` adds columns (row_id ...) at the front.
+
+    With ``plans``, each weights column gets one (position 0 unless given) and its blob is left to
+    the plan's stream; without, weights blobs are built in memory."""
     cls = type(row)
     undeclared = [k for k in row._extras if k not in MANAGED_COLUMNS]
     if undeclared:
@@ -131,7 +146,8 @@ def row_batch(
         ftype = cls.__row_fields__[f.name].type
         value = getattr(row, f.name)
         if isinstance(ftype, WeightsType):
-            arrays.append(ftype.to_arrow([value], (plans or {}).get(f.name)))
+            plan = plans.setdefault(f.name, BlobPlan()) if plans is not None else None
+            arrays.append(ftype.to_arrow([value], plan))
         else:
             arrays.append(ftype.to_arrow([value]))
         fields.append(f)
@@ -179,8 +195,9 @@ def _preallocate(f: IO[bytes], size: int) -> None:
     _FALLOCATE(fd, 0, 0, size)  # errors (EOPNOTSUPP, ENOSPC ...) surface on the writes instead
 
 
-def _serialize(build: Callable[[Mapping[str, BlobPlan]], pa.RecordBatch], f: IO[bytes]) -> None:
-    """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64)."""
+def _serialize(build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[bytes]) -> None:
+    """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64),
+    streaming each blob from its tensors (see :class:`BlobStream`)."""
     plans: dict[str, BlobPlan] = {}
     for _ in range(8):
         batch = build(plans)
@@ -188,20 +205,20 @@ def _serialize(build: Callable[[Mapping[str, BlobPlan]], pa.RecordBatch], f: IO[
         with ipc.new_file(dry, batch.schema) as w:
             w.write_batch(batch)
         landed = {name: dry.positions[key] for name, key in _blobs(batch).items()}
-        if all(
-            name in plans and (pos - plans[name].position) % ALIGNMENT == 0
-            for name, pos in landed.items()
-        ):
+        if all((pos - plans[name].position) % ALIGNMENT == 0 for name, pos in landed.items()):
             break
         plans = {name: BlobPlan(pos) for name, pos in landed.items()}
     else:  # pragma: no cover - the layout converges in len(weights columns) + 1 passes
         raise AssertionError("could not align the weights in the file")
     _preallocate(f, dry.pos)
-    sink = _Sink(f)
+    streams = [p.stream for p in plans.values() if p.stream is not None]
+    sink = _Sink(f, streams)
     with ipc.new_file(sink, batch.schema) as w:
         w.write_batch(batch)
     if sink.pos != dry.pos:  # pragma: no cover - the same batch serializes to the same bytes
         raise AssertionError(f"wrote {sink.pos} bytes, planned {dry.pos}")
+    if sink.blobs or sink.checksums:  # pragma: no cover - pyarrow writes every buffer it has
+        raise AssertionError("a weights blob or its checksum was not written")
     for name, key in _blobs(batch).items():
         if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover

@@ -10,7 +10,8 @@ that file instead, and pack into the same layout only when it is needed (checksu
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,8 @@ class Weights(Mapping[str, torch.Tensor]):
         "_checksum",
         "_entries",
         "_fingerprint",
+        "_layout_cache",
+        "_live",
         "_owned",
         "_storage",
         "_stored_checksum",
@@ -89,6 +92,8 @@ class Weights(Mapping[str, torch.Tensor]):
 
     _storage: torch.Tensor | None  # None until packed, for weights built by _from_tensors
     _owned: bool  # the storage was packed here: zero padding, 64 bytes of slack, nothing else
+    _live: bool  # views of tensors someone else may change: never cache a packed copy or checksum
+    _layout_cache: tuple[tuple[TensorEntry, ...], list[tuple[int, torch.Tensor]], int] | None
     _entries: tuple[TensorEntry, ...]
     _tensors: dict[str, torch.Tensor]
     _checksum: str | None
@@ -116,6 +121,8 @@ class Weights(Mapping[str, torch.Tensor]):
         object.__setattr__(self, "_fingerprint", None)
         object.__setattr__(self, "_stored_checksum", None)
         object.__setattr__(self, "_owned", False)
+        object.__setattr__(self, "_live", False)
+        object.__setattr__(self, "_layout_cache", None)
 
     @classmethod
     def _from_storage(cls, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> Weights:
@@ -125,14 +132,17 @@ class Weights(Mapping[str, torch.Tensor]):
         return self
 
     @classmethod
-    def _from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> Weights:
+    def _from_tensors(cls, tensors: Mapping[str, torch.Tensor], *, live: bool = False) -> Weights:
         """Weights over existing tensors kept as they are (e.g. strided views of a mapped foreign
         file): no copy. ``entries``, ``checksum`` and equality describe the packed layout the
-        tensors take when written; that packed copy is made only when one of them needs it."""
-        checked = {name: _check_tensor(name, t) for name, t in tensors.items()}
-        entries, _sources, _size = _plan(checked)
+        tensors take when written; that packed copy is made only when one of them needs it, and
+        kept unless ``live`` (the tensors are a model's own, which training goes on changing)."""
+        checked = {name: _detached(_check_tensor(name, t)) for name, t in tensors.items()}
+        plan = _plan(checked)
         self = cls.__new__(cls)
-        self._init(None, entries, checked)
+        self._init(None, plan[0], checked)
+        object.__setattr__(self, "_live", live)
+        object.__setattr__(self, "_layout_cache", plan)
         return self
 
     def _packed(self) -> torch.Tensor:
@@ -141,18 +151,33 @@ class Weights(Mapping[str, torch.Tensor]):
         if storage is None:
             storage, entries = _pack(self._tensors)
             assert entries == self._entries, "packing must follow the planned layout"
-            object.__setattr__(self, "_storage", storage)
-            object.__setattr__(self, "_owned", True)
+            if not self._live:
+                object.__setattr__(self, "_storage", storage)
+                object.__setattr__(self, "_owned", True)
         return storage
 
-    def _writable(self) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
-        """A storage and entries that may go to a file as they are: packed here, so padding is
-        zero and nothing but tensors lies between them. Views of a mapped file are repacked."""
-        storage = self._packed()
-        if self._owned:
-            return storage, self._entries
-        repacked = Weights(self._tensors)
-        return repacked._packed(), repacked._entries
+    def _layout(self) -> tuple[tuple[TensorEntry, ...], list[tuple[int, torch.Tensor]], int]:
+        """How a write lays these weights out (see :func:`_plan`): the entries, the (offset,
+        tensor) sources in offset order, and the size. Packed weights are their own sources;
+        views of a file or a model are planned afresh, so padding is zero and nothing but their
+        tensors goes to the file. Copies nothing."""
+        storage = self._storage
+        if self._owned and storage is not None:
+            sources = [
+                (e.offset, storage[e.offset : e.offset + e.nbytes])
+                for e in self._distinct()
+                if e.nbytes
+            ]
+            return self._entries, sources, storage.numel()
+        if self._layout_cache is None:
+            object.__setattr__(self, "_layout_cache", _plan(self._tensors))
+        assert self._layout_cache is not None
+        return self._layout_cache
+
+    def _wrote(self, checksum: str) -> None:
+        """Remember the checksum a write computed over these weights' bytes (unless live)."""
+        if not self._live:
+            object.__setattr__(self, "_checksum", checksum)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Weights are immutable; build new ones with fetch_weights()")
@@ -203,10 +228,12 @@ class Weights(Mapping[str, torch.Tensor]):
     @property
     def checksum(self) -> str:
         """``xxh3-64:<hex>`` over every distinct tensor's bytes in stored order (docs/format.md)."""
-        if self._checksum is None:
-            object.__setattr__(self, "_checksum", checksum_of(self._packed(), self._entries))
-        assert self._checksum is not None
-        return self._checksum
+        if self._checksum is not None:
+            return self._checksum
+        checksum = checksum_of(self._packed(), self._entries)
+        if not self._live:
+            object.__setattr__(self, "_checksum", checksum)
+        return checksum
 
     @property
     def stored_checksum(self) -> str | None:
@@ -324,6 +351,11 @@ def _check_tensor(name: str, t: object) -> torch.Tensor:
     return t
 
 
+def _detached(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself unless it tracks gradients (a model's parameter): then a detached view."""
+    return t.detach() if t.requires_grad else t
+
+
 def _tie_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (
         t.device,
@@ -425,12 +457,103 @@ def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[Tens
     return storage, entries
 
 
-def fetch_weights(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> Weights:
+STREAM_CHUNK = 4 << 20
+"""Bytes handed to the file (and to the hash) at a time by :func:`stream_packed`."""
+
+HASH_ON_A_THREAD_FROM = 8 << 20
+"""Layouts at least this large are hashed on a second thread while the file is written."""
+
+_new_hasher = xxhash.xxh3_64  # the checksum's hash; a benchmark swaps it to measure its cost
+
+_ZEROS = bytes(ALIGNMENT)
+
+
+def host_bytes(t: torch.Tensor) -> np.ndarray:
+    """The bytes of ``t`` (not tracking gradients) in C order as a 1-d uint8 array: a view for a
+    contiguous CPU tensor, a copy (of this one tensor) for anything else (strided, on a GPU,
+    lazily conjugated)."""
+    if t.device.type == "cpu" and t.is_contiguous() and not (t.is_conj() or t.is_neg()):
+        return t.reshape(-1).view(torch.uint8).numpy()
+    dst = empty_bytes(t.numel() * t.element_size())
+    copy_bytes(dst, t)
+    return dst.numpy()
+
+
+def stream_packed(
+    sources: list[tuple[int, torch.Tensor]], start: int, end: int, write: Callable[[Any], object]
+) -> str:
+    """Hand bytes ``[start, end)`` of a packed layout to ``write`` without building it: the bytes
+    of each source tensor at its offset, zeros between them, in chunks. ``sources`` are (offset,
+    tensor) in offset order, as :func:`_plan` gives them. Returns the checksum, the one
+    :func:`checksum_of` computes over the packed copy, of the very bytes written.
+
+    Large layouts are hashed on a second thread, chunk by chunk in order, while this one writes
+    (xxhash and file writes both release the GIL), so the checksum adds little to a write's time.
+    """
+    h = _new_hasher()
+    if end - start < HASH_ON_A_THREAD_FROM:
+        _stream(sources, start, end, write, h.update)
+    else:
+        with ThreadPoolExecutor(1, thread_name_prefix="modelrows-checksum") as pool:
+            pending: list[Future[None]] = []
+
+            def hash_later(chunk: Any) -> None:
+                pending.append(pool.submit(h.update, chunk))
+
+            try:
+                _stream(sources, start, end, write, hash_later)
+            except BaseException:
+                for job in pending:
+                    job.cancel()
+                raise
+            for job in pending:
+                job.result()
+    return f"xxh3-64:{h.hexdigest()}"
+
+
+def _stream(
+    sources: list[tuple[int, torch.Tensor]],
+    start: int,
+    end: int,
+    write: Callable[[Any], object],
+    hash_: Callable[[Any], object],
+) -> None:
+    pos = start
+    for offset, t in sources:
+        nbytes = t.numel() * t.element_size()
+        if not nbytes:
+            continue
+        if offset < pos:
+            raise AssertionError("sources must be in offset order, each after the last")
+        while pos < offset:
+            gap = min(offset - pos, ALIGNMENT)
+            write(_ZEROS[:gap])
+            pos += gap
+        raw = host_bytes(t)
+        for i in range(0, nbytes, STREAM_CHUNK):
+            chunk = raw[i : i + STREAM_CHUNK]
+            hash_(chunk)
+            write(chunk)
+        pos += nbytes
+    if pos != end:
+        raise AssertionError(f"streamed up to byte {pos} of the layout, expected {end}")
+
+
+def fetch_weights(
+    model: torch.nn.Module | Mapping[str, torch.Tensor], *, copy: bool = True
+) -> Weights:
     """Copy every parameter and persistent buffer of ``model`` to CPU, as :class:`Weights`.
 
     Names and order are the model's ``state_dict()``; dtypes and shapes are kept exactly.
     Non-persistent buffers are left out (they are not in the state_dict), as are non-tensor
     extra states. A plain state_dict mapping is accepted too.
+
+    ``copy=False`` copies nothing: the weights view the model's own tensors (on whatever device
+    they are), and a write stores what those tensors hold while it runs, streaming them to the
+    file as ``safetensors.torch.save_file`` does. Use it to write a checkpoint straight away
+    (``catalog.append(Row(weights=fetch_weights(model, copy=False), ...))``) when no training
+    step runs during the write; keep the default snapshot to hold weights while training goes
+    on. Their checksum and comparisons read the tensors anew each time.
 
     >>> import torch.nn as nn
     >>> w = fetch_weights(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
@@ -449,7 +572,7 @@ def fetch_weights(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> Weight
             f"fetch_weights expects a torch.nn.Module or a state_dict mapping, "
             f"got {type(model).__name__}"
         )
-    return Weights(state)
+    return Weights(state) if copy else Weights._from_tensors(state, live=True)
 
 
 @dataclass(frozen=True)
@@ -504,6 +627,7 @@ def load_weights(
     """
     if not isinstance(model, torch.nn.Module):
         raise WeightsError(f"load_weights expects a torch.nn.Module, got {type(model).__name__}")
+    known = isinstance(weights, Weights)  # its tensors were checked when it was built
     source: dict[str, torch.Tensor] = dict(weights.items())
     if prefix:
         dotted = prefix if prefix.endswith(".") else prefix + "."
@@ -514,7 +638,6 @@ def load_weights(
                 f"no tensor name starts with prefix {dotted!r}; "
                 f"prefixes present: {', '.join(heads) or '(none)'}"
             )
-    known = isinstance(weights, Weights)  # its tensors were checked when it was built
     if not known:
         for name, value in source.items():
             _check_tensor(name, value)
@@ -587,7 +710,7 @@ def load_weights(
             if id(target) in done:
                 continue
             done.add(id(target))
-            target.copy_(source[name])
+            target.detach().copy_(source[name])  # a plain tensor: no Parameter dispatch
     return LoadReport(
         loaded=to_load,
         missing=missing,

@@ -1,0 +1,147 @@
+"""Writes stream every tensor from where it lives into the file, hashing it on the way.
+
+A row's weights blob is never assembled in memory: the writer hands Arrow a placeholder and
+writes each tensor's bytes in its place, hashing them as they pass (on a second thread for
+large rows), then writes the checksum after them. ``fetch_weights(model, copy=False)`` lets a
+write read the model's own tensors with no snapshot copy at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from modelrows import Catalog, ModelV1, fetch_weights, load_weights, read_model_row, write_model_row
+from modelrows import weights as weights_module
+from modelrows.errors import StorageError
+from modelrows.weights import checksum_of
+
+
+def mixed_tensors() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    big = torch.randn(3_000_000)  # 12 MB: hashed on a second thread, in several chunks
+    c = torch.randn(6, dtype=torch.complex64)
+    return {
+        "big": big,
+        "strided": torch.arange(20.0).reshape(4, 5).t(),
+        "conj": c.conj(),
+        "bf16": torch.randn(7, 3).to(torch.bfloat16),
+        "scalar": torch.tensor(3, dtype=torch.int16),
+        "empty": torch.zeros(0, 4),
+        "flags": torch.tensor([True, False, True]),
+        "tied": big,
+    }
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_live_and_snapshot_weights_write_the_same_bytes(tmp_path: Path, size: str) -> None:
+    tensors = mixed_tensors()
+    if size == "small":
+        del tensors["big"], tensors["tied"]
+    snapshot, live = fetch_weights(tensors), fetch_weights(tensors, copy=False)
+    write_model_row(tmp_path / "a.arrow", ModelV1(weights=snapshot), fsync=False)
+    write_model_row(tmp_path / "b.arrow", ModelV1(weights=live), fsync=False)
+    assert digest(tmp_path / "a.arrow") == digest(tmp_path / "b.arrow")
+    back = read_model_row(tmp_path / "b.arrow", verify=True).weights
+    assert back.stored_checksum == checksum_of(snapshot._storage, snapshot.entries)
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t.resolve_conj()), name
+        assert back[name].data_ptr() % 64 == 0, name
+    if size == "large":
+        assert back["tied"] is back["big"]
+
+
+def test_rewriting_read_weights_streams_them_from_the_mapped_file(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(700, 700), nn.BatchNorm1d(700))  # ~2 MB
+    write_model_row(tmp_path / "a.arrow", ModelV1(weights=fetch_weights(model)), fsync=False)
+    read = read_model_row(tmp_path / "a.arrow").weights
+    write_model_row(tmp_path / "b.arrow", ModelV1(weights=read), fsync=False)
+    assert digest(tmp_path / "a.arrow") == digest(tmp_path / "b.arrow")
+
+
+def test_copy_false_views_the_model_and_a_write_stores_its_current_values(tmp_path: Path) -> None:
+    model = nn.Linear(4, 3)
+    live = fetch_weights(model, copy=False)
+    assert live["weight"].data_ptr() == model.weight.data_ptr()  # no copy
+    assert not live["weight"].requires_grad
+    before = live.checksum
+    with torch.no_grad():
+        model.weight.add_(1.0)  # a training step after fetching
+    assert live.checksum != before  # a live view's checksum is never stale
+    write_model_row(tmp_path / "m.arrow", ModelV1(weights=live), fsync=False)
+    fresh = nn.Linear(4, 3)
+    load_weights(fresh, read_model_row(tmp_path / "m.arrow", verify=True).weights)
+    assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+
+
+def test_catalog_append_of_live_weights_loads_back_exactly(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.Flatten(), nn.LazyLinear(10))
+    model(torch.randn(1, 3, 8, 8))
+    model[0].weight.data = model[0].weight.data.to(torch.bfloat16).float()  # any dtype mix works
+    cat = Catalog.create(tmp_path / "c", ModelV1)
+    row_id = cat.append(ModelV1(weights=fetch_weights(model, copy=False)), fsync=False)
+    row = cat.get(row_id, verify=True)
+    assert row.weights == fetch_weights(model)
+
+
+def test_the_checksum_of_a_large_write_is_computed_on_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: set[str] = set()
+    real = weights_module._new_hasher
+
+    class Spy:
+        def __init__(self) -> None:
+            self.h = real()
+
+        def update(self, data: object) -> None:
+            threads.add(threading.current_thread().name)
+            self.h.update(data)
+
+        def hexdigest(self) -> str:
+            return str(self.h.hexdigest())
+
+    monkeypatch.setattr(weights_module, "_new_hasher", Spy)
+    tensors = mixed_tensors()
+    write_model_row(tmp_path / "big.arrow", ModelV1(weights=fetch_weights(tensors)), fsync=False)
+    assert threads and all(name.startswith("modelrows-checksum") for name in threads)
+    threads.clear()
+    write_model_row(tmp_path / "small.arrow", ModelV1(weights=fetch_weights(nn.Linear(2, 2))))
+    assert threads == {threading.current_thread().name}  # small rows: no thread to start
+    assert read_model_row(tmp_path / "big.arrow", verify=True).weights.verify()
+
+
+def test_a_write_failing_mid_stream_leaves_nothing_and_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.arrow"
+    write_model_row(path, ModelV1(weights=fetch_weights(nn.Linear(2, 2))), fsync=False)
+    old = digest(path)
+    calls = {"n": 0}
+    real_stream = weights_module._stream
+
+    def failing_write_after_three(sources, start, end, write, hash_):  # type: ignore[no-untyped-def]
+        def write_some(data: object) -> object:
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise OSError(28, "No space left on device")
+            return write(data)
+
+        return real_stream(sources, start, end, write_some, hash_)
+
+    monkeypatch.setattr(weights_module, "_stream", failing_write_after_three)
+    before = set(threading.enumerate())
+    with pytest.raises(StorageError, match="step 'write'"):
+        write_model_row(path, ModelV1(weights=fetch_weights(mixed_tensors())), fsync=False)
+    assert digest(path) == old  # the old row is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.arrow"]  # no temporary file left
+    assert set(threading.enumerate()) <= before  # the hashing thread has finished
