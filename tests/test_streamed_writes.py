@@ -145,3 +145,39 @@ def test_a_write_failing_mid_stream_leaves_nothing_and_no_thread(
     assert digest(path) == old  # the old row is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.arrow"]  # no temporary file left
     assert set(threading.enumerate()) <= before  # the hashing thread has finished
+
+
+def test_a_large_load_from_a_file_maps_its_pages_on_a_second_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(1500, 1500), nn.BatchNorm1d(1500))  # 9 MB: prefaulted
+    write_model_row(tmp_path / "m.arrow", ModelV1(weights=fetch_weights(model)), fsync=False)
+    seen: list[tuple[str, int]] = []
+    real = weights_module._MADVISE
+    if real is None:
+        pytest.skip("madvise is not reachable through ctypes here")
+
+    def spy(start: int, n: int, advice: int) -> int:
+        seen.append((threading.current_thread().name, n))
+        return real(start, n, advice)
+
+    monkeypatch.setattr(weights_module, "_MADVISE", spy)
+    fresh = nn.Sequential(nn.Linear(1500, 1500), nn.BatchNorm1d(1500))
+    load_weights(fresh, read_model_row(tmp_path / "m.arrow").weights)
+    assert {name for name, _ in seen} == {"modelrows-prefault"}
+    assert sum(n for _, n in seen) >= 9_000_000  # every tensor's pages
+    assert fetch_weights(fresh) == fetch_weights(model)
+    assert not [t for t in threading.enumerate() if t.name == "modelrows-prefault"]
+
+    # where madvise fails (a kernel without MADV_POPULATE_READ), the copy maps the pages itself
+    monkeypatch.setattr(weights_module, "_MADVISE", lambda start, n, advice: -1)
+    other = nn.Sequential(nn.Linear(1500, 1500), nn.BatchNorm1d(1500))
+    load_weights(other, read_model_row(tmp_path / "m.arrow").weights)
+    assert fetch_weights(other) == fetch_weights(model)
+
+    # weights in memory (not a mapped file) are never prefaulted
+    seen.clear()
+    monkeypatch.setattr(weights_module, "_MADVISE", spy)
+    load_weights(other, fetch_weights(model))
+    assert seen == []
