@@ -67,8 +67,9 @@ def main() -> None:
             for fsync in (True, False):
                 times: dict[str, list[float]] = {"real": [], "none": []}
                 cpu: list[float] = []
-                for _ in range(REPEATS):
-                    for kind, hasher in (("real", TimedHash), ("none", NoHash)):
+                for rep in range(REPEATS):
+                    kinds = [("real", TimedHash), ("none", NoHash)]
+                    for kind, hasher in kinds if rep % 2 else kinds[::-1]:  # alternate who is first
                         TimedHash.spent = []
                         weights_module._new_hasher = hasher  # type: ignore[assignment]
                         try:
