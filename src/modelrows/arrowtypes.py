@@ -525,7 +525,7 @@ class WeightsType(FieldType):
         storage, base = ctx.storage_for(blob_addr, blob_len, values_buf, start)
         entries = tuple(decode_entries(tensors, blob_len, where, base=base))
         address = storage.data_ptr()
-        if any(
+        if (address + base) % 16 and any(  # 16: the largest itemsize, so all are aligned if it is
             (address + e.offset) % DTYPE_NAMES[e.dtype].itemsize for e in entries
         ):  # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
             storage = storage[base : base + blob_len].clone()
@@ -584,6 +584,65 @@ def decode_entries(
             f"{where}: {msg}; the file is corrupt or was not written by modelrows", path=where
         )
 
+    entries = _well_formed_entries(tensors, blob_len, base)
+    if entries is None:  # something is off: the careful pass finds it and names it
+        entries = _checked_entries(tensors, blob_len, base, where, bad)
+    spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
+    for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
+        if o1 + n1 > o2:
+            raise bad(
+                f"tensors overlap at byte {o2 - base}; tensors share bytes only when tied (identical)"
+            )
+    return entries
+
+
+def _well_formed_entries(
+    tensors: pa.StructArray, blob_len: int, base: int
+) -> list[TensorEntry] | None:
+    """The entries of a well-formed tensor table, checked with whole-column operations and one
+    light pass; None at the first doubt (a null, a bad value), for the careful pass to name."""
+    cols = [tensors.field(k) for k in ("name", "dtype", "shape", "offset", "nbytes")]
+    name_col, dtype_col, shape_col, offset_col, nbytes_col = cols
+    if tensors.null_count or any(c.null_count for c in cols) or shape_col.values.null_count:
+        return None
+    names, dtypes = name_col.to_pylist(), dtype_col.to_pylist()
+    if len(set(names)) != len(names) or "" in names:
+        return None
+    try:
+        itemsizes = [DTYPE_NAMES[d].itemsize for d in dtypes]
+    except KeyError:
+        return None
+    bounds = shape_col.offsets.to_numpy()
+    first = int(bounds[0]) if len(bounds) else 0
+    dims = shape_col.values.to_numpy()[first : int(bounds[-1]) if len(bounds) else 0]
+    rel = bounds - first
+    if (len(dims) and dims.min() < 0) or (len(rel) > 1 and np.diff(rel).max() > MAX_NDIM):
+        return None
+    flat, cuts = dims.tolist(), rel.tolist()
+    entries = []
+    for i, (name, dtype, itemsize, offset, nbytes) in enumerate(
+        zip(names, dtypes, itemsizes, offset_col.to_pylist(), nbytes_col.to_pylist(), strict=True)
+    ):
+        shape = tuple(flat[cuts[i] : cuts[i + 1]])
+        if (
+            offset < 0
+            or nbytes != math.prod(shape) * itemsize
+            or offset + nbytes > blob_len
+            or (nbytes and offset % itemsize)
+        ):
+            return None
+        entries.append(TensorEntry(name, dtype, shape, offset + base if nbytes else 0, nbytes))
+    return entries
+
+
+def _checked_entries(
+    tensors: pa.StructArray,
+    blob_len: int,
+    base: int,
+    where: str,
+    bad: Callable[[str], CorruptRowError],
+) -> list[TensorEntry]:
+    """The tensor table checked entry by entry, raising at the first problem with its name."""
     names = tensors.field("name").to_pylist()
     dtypes = tensors.field("dtype").to_pylist()
     shapes = tensors.field("shape").to_pylist()
@@ -634,12 +693,6 @@ def decode_entries(
         entries.append(
             TensorEntry(name, dtype, tuple(shape), offset + base if nbytes else 0, nbytes)
         )
-    spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
-    for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
-        if o1 + n1 > o2:
-            raise bad(
-                f"tensors overlap at byte {o2 - base}; tensors share bytes only when tied (identical)"
-            )
     return entries
 
 
