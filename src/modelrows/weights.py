@@ -428,20 +428,26 @@ def _prefaulting(tensors: list[torch.Tensor]) -> Iterator[None]:
     the caller copies them: the page faults of a first touch (about 1 ms per 100 MB) are taken
     off the copying thread. MADV_POPULATE_READ maps file pages read-only, copying nothing; where
     it is missing (not Linux, kernels before 5.14) nothing happens. ctypes releases the GIL."""
-    ranges = []
+    spans: list[list[int]] = []  # [start, end) in copy order, neighbours merged
+    total = 0
     for t in tensors:
-        n = t.numel() * t.element_size()
-        if n and t.device.type == "cpu":
-            start = t.data_ptr() & ~(mmap.PAGESIZE - 1)
-            ranges.append((start, t.data_ptr() + n - start))
-    if _MADVISE is None or sum(n for _, n in ranges) < PREFAULT_FROM:
+        start, n = t.data_ptr(), t.nbytes
+        if not n:
+            continue
+        total += n
+        if spans and 0 <= start - spans[-1][1] < mmap.PAGESIZE:
+            spans[-1][1] = max(spans[-1][1], start + n)
+        else:
+            spans.append([start, start + n])
+    if _MADVISE is None or total < PREFAULT_FROM:
         yield
         return
     madvise = _MADVISE
 
     def populate() -> None:
-        for start, n in ranges:
-            if madvise(start, n, _MADV_POPULATE_READ) != 0:
+        for start, end in spans:
+            page = start & ~(mmap.PAGESIZE - 1)
+            if madvise(page, end - page, _MADV_POPULATE_READ) != 0:
                 return  # EINVAL (an older kernel) or EFAULT: the copy faults the pages itself
 
     thread = threading.Thread(target=populate, name="modelrows-prefault", daemon=True)
