@@ -563,12 +563,29 @@ def stream_packed(
     else:
         with ThreadPoolExecutor(1, thread_name_prefix="modelrows-checksum") as pool:
             pending: list[Future[None]] = []
+            batch: list[Any] = []  # small tensors go to the thread together: one hand-off each
+            batched = 0
+
+            def hash_all(chunks: list[Any]) -> None:
+                for chunk in chunks:
+                    h.update(chunk)
+
+            def submit() -> None:
+                nonlocal batch, batched
+                pending.append(pool.submit(hash_all, batch))
+                batch, batched = [], 0
 
             def hash_later(chunk: Any) -> None:
-                pending.append(pool.submit(h.update, chunk))
+                nonlocal batched
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= STREAM_CHUNK:
+                    submit()
 
             try:
                 _stream(sources, start, end, write, hash_later)
+                if batch:
+                    submit()
             except BaseException:
                 for job in pending:
                     job.cancel()
