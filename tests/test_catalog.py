@@ -291,3 +291,12 @@ def test_duckdb_returns_written_at_as_aware_datetimes(catalog: Catalog) -> None:
     assert got_id == row_id
     assert written_at.tzinfo is not None
     assert written_at == catalog.get(row_id).written_at
+
+
+def test_a_long_lived_catalog_forgets_the_files_it_no_longer_has(catalog: Catalog) -> None:
+    ids = filled(catalog)
+    assert len(catalog.scan().collect()) == 6
+    for row_id in list(ids)[:4]:
+        catalog.path_of(row_id).unlink()  # e.g. a clean-up of old epochs by another process
+    assert len(catalog.scan().collect()) == 2
+    assert set(catalog._checked) == set(catalog._row_files().values())  # no memory of the four

@@ -466,7 +466,10 @@ class Catalog:
         if on_corrupt not in ("raise", "skip"):
             raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
         files = []
-        for row_id, path in sorted(self._row_files().items(), key=lambda item: item[1]):
+        present = self._row_files()
+        for gone in self._checked.keys() - set(present.values()):  # forget files deleted since
+            del self._checked[gone]
+        for row_id, path in sorted(present.items(), key=lambda item: item[1]):
             problem = self._checked_problem(row_id, path)
             if problem is None:
                 files.append(str(path))

@@ -9,15 +9,13 @@ the mapping, after checking the file's structure with bounded work.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import secrets
 import stat
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -35,6 +33,7 @@ from .errors import (
     UnknownSchemaError,
 )
 from .ipcguard import check_row_file
+from .linux import FALLOCATE
 from .schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
 from .weights import ALIGNMENT, Weights
 
@@ -166,19 +165,6 @@ def _blobs(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):  # pragma: no cover - not glibc or musl
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", fn)
-
-
-_FALLOCATE = _fallocate()
 _PREALLOCATE_FROM = 1 << 20
 
 
@@ -186,13 +172,13 @@ def _preallocate(f: IO[bytes], size: int) -> None:
     """Reserve a large file's blocks before writing it: on ext4, writing 400 MB into reserved
     blocks is ~1.3x faster than letting each write allocate. Best effort: Linux's fallocate(2)
     (never glibc's posix_fallocate, which emulates it by writing where unsupported)."""
-    if _FALLOCATE is None or size < _PREALLOCATE_FROM:
+    if FALLOCATE is None or size < _PREALLOCATE_FROM:
         return
     try:
         fd = f.fileno()
     except (AttributeError, OSError, ValueError):
         return
-    _FALLOCATE(fd, 0, 0, size)  # errors (EOPNOTSUPP, ENOSPC ...) surface on the writes instead
+    FALLOCATE(fd, 0, 0, size)  # errors (EOPNOTSUPP, ENOSPC ...) surface on the writes instead
 
 
 def _serialize(build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[bytes]) -> None:

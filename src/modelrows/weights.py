@@ -10,21 +10,20 @@ that file instead, and pack into the same layout only when it is needed (checksu
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import mmap
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import xxhash
 
 from .errors import WeightsError, WeightsMismatchError
+from .linux import MADV_POPULATE_READ, MADVISE
 
 __all__ = ["DTYPE_NAMES", "LoadReport", "TensorEntry", "Weights", "fetch_weights", "load_weights"]
 
@@ -404,22 +403,7 @@ def _views(storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> dict[str,
 PREFAULT_FROM = 8 << 20
 """Loads from a mapped file of at least this many bytes map its pages on a second thread."""
 
-_MADV_POPULATE_READ = 22  # Linux 5.14+
-
-
-def _madvise() -> Callable[[int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):  # pragma: no cover - not glibc or musl
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int, int, int], int]", fn)
-
-
-_MADVISE = _madvise()
+_MADVISE = MADVISE  # a test swaps it
 
 
 @contextlib.contextmanager
@@ -447,7 +431,7 @@ def _prefaulting(tensors: list[torch.Tensor]) -> Iterator[None]:
     def populate() -> None:
         for start, end in spans:
             page = start & ~(mmap.PAGESIZE - 1)
-            if madvise(page, end - page, _MADV_POPULATE_READ) != 0:
+            if madvise(page, end - page, MADV_POPULATE_READ) != 0:
                 return  # EINVAL (an older kernel) or EFAULT: the copy faults the pages itself
 
     thread = threading.Thread(target=populate, name="modelrows-prefault", daemon=True)
