@@ -104,16 +104,25 @@ def prefault(nbytes: int) -> None:
 
 
 def race(
-    contenders: list[Contender], *, reps: int, warmup: int = 1, prefault_bytes: int = 0
+    contenders: list[Contender],
+    *,
+    reps: int,
+    warmup: int = 1,
+    prefault_bytes: int = 0,
+    settle: bool = False,
 ) -> None:
     """Time every contender ``reps`` times, round-robin, so drift hits them all alike.
 
     ``prefault_bytes``: memory touched and freed (untimed) before each timed run; see prefault.
+    ``settle``: flush the kernel's dirty pages (``os.sync()``, untimed) before each timed run, so
+    no writer is throttled by the writeback of the file the one before it wrote.
     """
     for rep in range(warmup + reps):
         for c in contenders:
             if c.before is not None:
                 c.before()
+            if settle:
+                os.sync()
             prefault(prefault_bytes)
             gc.collect()
             t0 = time.perf_counter()

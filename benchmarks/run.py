@@ -200,7 +200,7 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
             after=lambda: unlink(p["pt"]),
         ),
     ]
-    race(cs, reps=sizes.reps, prefault_bytes=sizes.prefault * nbytes)
+    race(cs, reps=sizes.reps, prefault_bytes=sizes.prefault * nbytes, settle=True)
     st = next(c for c in cs if c.name.startswith("safetensors: save_file(model"))
     out = []
     for c in cs:
