@@ -278,3 +278,14 @@ def test_gpu_model_roundtrip(tmp_path: Path) -> None:
     load_weights(fresh, w)
     assert all(p.device.type == "cuda" for p in fresh.parameters())
     assert_same_state(model, fresh)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_model_written_without_a_snapshot(tmp_path: Path) -> None:
+    model = ConvNet().cuda().to(torch.bfloat16)
+    live = fetch_weights(model, copy=False)
+    assert all(t.device.type == "cuda" for t in live.values())  # views of the model, no copy
+    path = tmp_path / "gpu.model.arrow"
+    write_model_row(path, ModelV1(weights=live), fsync=False)  # each tensor streamed to the host
+    back = read_model_row(path, verify=True).weights
+    assert back == fetch_weights(model)
