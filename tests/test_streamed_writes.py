@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelrows import Catalog, ModelV1, fetch_weights, load_weights, read_model_row, write_model_row
 from modelrows import weights as weights_module
@@ -181,3 +183,46 @@ def test_a_large_load_from_a_file_maps_its_pages_on_a_second_thread(
     monkeypatch.setattr(weights_module, "_MADVISE", spy)
     load_weights(other, fetch_weights(model))
     assert seen == []
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int8, torch.int64, torch.bool,
+          torch.complex64, torch.float64, torch.uint8]  # fmt: skip
+
+
+@st.composite
+def state_dicts(draw: st.DrawFn) -> dict[str, torch.Tensor]:
+    """Tensors of mixed dtypes and shapes (empty and 0-d included), some tied, some strided."""
+    out: dict[str, torch.Tensor] = {}
+    for i in range(draw(st.integers(0, 6))):
+        dtype = draw(st.sampled_from(DTYPES))
+        shape = tuple(draw(st.lists(st.integers(0, 5), max_size=3)))
+        t = (torch.rand(shape) * 100).to(dtype)
+        kind = draw(st.sampled_from(["plain", "transposed", "tie"]))
+        if kind == "transposed" and t.dim() >= 2:
+            t = t.transpose(0, 1)
+        elif kind == "tie" and out:
+            t = out[draw(st.sampled_from(sorted(out)))]
+        out[f"t{i}"] = t
+    return out
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(tensors=state_dicts(), threaded=st.booleans())
+def test_any_state_dict_streams_to_the_bytes_of_its_snapshot(
+    tmp_path_factory: pytest.TempPathFactory,
+    tensors: dict[str, torch.Tensor],
+    threaded: bool,
+) -> None:
+    d = tmp_path_factory.mktemp("prop")
+    with pytest.MonkeyPatch.context() as mp:
+        if threaded:  # every layout hashed on the second thread, however small
+            mp.setattr(weights_module, "HASH_ON_A_THREAD_FROM", 0)
+        snapshot = fetch_weights(tensors)
+        write_model_row(d / "a.arrow", ModelV1(weights=snapshot), fsync=False)
+        write_model_row(
+            d / "b.arrow", ModelV1(weights=fetch_weights(tensors, copy=False)), fsync=False
+        )
+    assert digest(d / "a.arrow") == digest(d / "b.arrow")
+    back = read_model_row(d / "b.arrow", verify=True).weights
+    assert back == snapshot
+    assert back.stored_checksum == checksum_of(snapshot._storage, snapshot.entries)
