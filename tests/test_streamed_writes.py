@@ -18,10 +18,10 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checksums import reference_checksum
 from modelrows import Catalog, ModelV1, fetch_weights, load_weights, read_model_row, write_model_row
 from modelrows import weights as weights_module
 from modelrows.errors import StorageError
-from modelrows.weights import checksum_of
 
 
 def mixed_tensors() -> dict[str, torch.Tensor]:
@@ -54,7 +54,7 @@ def test_live_and_snapshot_weights_write_the_same_bytes(tmp_path: Path, size: st
     write_model_row(tmp_path / "b.arrow", ModelV1(weights=live), fsync=False)
     assert digest(tmp_path / "a.arrow") == digest(tmp_path / "b.arrow")
     back = read_model_row(tmp_path / "b.arrow", verify=True).weights
-    assert back.stored_checksum == checksum_of(snapshot._storage, snapshot.entries)
+    assert back.stored_checksum == reference_checksum(snapshot)
     for name, t in tensors.items():
         assert torch.equal(back[name], t.resolve_conj()), name
         assert back[name].data_ptr() % 64 == 0, name
@@ -225,4 +225,4 @@ def test_any_state_dict_streams_to_the_bytes_of_its_snapshot(
     assert digest(d / "a.arrow") == digest(d / "b.arrow")
     back = read_model_row(d / "b.arrow", verify=True).weights
     assert back == snapshot
-    assert back.stored_checksum == checksum_of(snapshot._storage, snapshot.entries)
+    assert back.stored_checksum == reference_checksum(snapshot)

@@ -386,21 +386,18 @@ CHECKSUM_PLACEHOLDER = "xxh3-64:" + "?" * 16
 
 
 class BlobStream:
-    """A weights blob that is not in memory: ``to_arrow`` puts a placeholder of the right size in
-    the batch, and whoever serializes the batch calls :meth:`write` when the placeholder's turn
-    comes, then :meth:`checksum_bytes` for the checksum's placeholder (written after the blob)."""
+    """A weights blob that is not in memory: ``to_arrow`` puts its placeholders in the batch (the
+    blob's, ``blob``, an untouched anonymous mapping of the right size, and the checksum's,
+    ``checksum_value``), and whoever serializes the batch calls :meth:`write` when the blob's turn
+    comes, then :meth:`checksum_bytes` for the checksum (which comes after the blob)."""
 
     def __init__(
         self, weights: Weights, sources: list[tuple[int, torch.Tensor]], start: int, end: int
     ) -> None:
         self.weights, self.sources, self.start, self.end = weights, sources, start, end
         self.checksum: str | None = None
-        self.blob = pa.allocate_buffer(0)  # replaced by to_arrow with the placeholder
-        self.checksum_value = pa.allocate_buffer(0)
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
+        self.blob = pa.py_buffer(mmap.mmap(-1, end - start))  # costs nothing until read
+        self.checksum_value = pa.py_buffer(CHECKSUM_PLACEHOLDER.encode())
 
     def write(self, write: Callable[[Any], object]) -> None:
         self.checksum = stream_packed(self.sources, self.start, self.end, write)
@@ -422,11 +419,6 @@ class BlobPlan:
 
     position: int = 0
     stream: BlobStream | None = None
-
-
-def _placeholder(size: int) -> pa.Buffer:
-    """``size`` bytes that cost nothing until read: a private anonymous mapping (zeros)."""
-    return pa.py_buffer(mmap.mmap(-1, size))
 
 
 class WeightsType(FieldType):
@@ -464,16 +456,15 @@ class WeightsType(FieldType):
         lead = plan.position % ALIGNMENT if plan is not None and first is not None else 0
         if first is not None and lead > first:
             raise AssertionError("packed weights keep 64 bytes of slack before the first tensor")
-        stream = BlobStream(w, sources, lead, max(end, lead))  # the blob: bytes [lead, end)
-        if plan is not None and stream.size:
-            stream.blob = _placeholder(stream.size)
-            stream.checksum_value = pa.py_buffer(CHECKSUM_PLACEHOLDER.encode())
-            plan.stream = stream
-        else:  # build the blob in memory (a row file streams it instead)
-            blob = bytearray()
-            stream.write(blob.extend)
-            stream.blob = pa.py_buffer(blob)
-            stream.checksum_value = pa.py_buffer(stream.checksum_bytes())
+        end = max(end, lead)  # the blob is bytes [lead, end) of the layout
+        if plan is not None and end > lead:  # the writer streams it in place of a placeholder
+            plan.stream = BlobStream(w, sources, lead, end)
+            blob, checksum_value = plan.stream.blob, plan.stream.checksum_value
+        else:  # built in memory
+            raw = bytearray()
+            checksum = stream_packed(sources, lead, end, raw.extend)
+            w._wrote(checksum)
+            blob, checksum_value = pa.py_buffer(raw), pa.py_buffer(checksum.encode())
         tensors = pa.array(
             [
                 {
@@ -494,13 +485,13 @@ class WeightsType(FieldType):
         data = pa.Array.from_buffers(
             pa.large_binary(),
             1,
-            [None, pa.py_buffer(np.array([0, stream.size], dtype=np.int64)), stream.blob],
+            [None, pa.py_buffer(np.array([0, blob.size], dtype=np.int64)), blob],
         )
         checksum = pa.Array.from_buffers(
             pa.string(),
             1,
-            [None, pa.py_buffer(np.array([0, stream.checksum_value.size], dtype=np.int32)),
-             stream.checksum_value],
+            [None, pa.py_buffer(np.array([0, checksum_value.size], dtype=np.int32)),
+             checksum_value],
         )  # fmt: skip
         return pa.StructArray.from_arrays(
             [tensor_list, data, pa.array([w.fingerprint]), checksum],

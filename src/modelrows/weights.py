@@ -235,9 +235,10 @@ class Weights(Mapping[str, torch.Tensor]):
         """``xxh3-64:<hex>`` over every distinct tensor's bytes in stored order (docs/format.md)."""
         if self._checksum is not None:
             return self._checksum
-        checksum = checksum_of(self._packed(), self._entries)
-        if not self._live:
-            object.__setattr__(self, "_checksum", checksum)
+        _entries, sources, _size = self._layout()
+        end = max((offset + t.nbytes for offset, t in sources if t.nbytes), default=0)
+        checksum = stream_packed(sources, 0, end, _discard)  # hashes without packing a copy
+        self._wrote(checksum)
         return checksum
 
     @property
@@ -322,20 +323,6 @@ def fingerprint_of(entries: tuple[TensorEntry, ...] | list[TensorEntry]) -> str:
     """SHA-256 of sorted ``name\\tdtype\\tdim,dim,...\\n`` lines; first 32 hex digits."""
     lines = sorted(f"{e.name}\t{e.dtype}\t{','.join(map(str, e.shape))}\n" for e in entries)
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()[:32]
-
-
-def checksum_of(storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> str:
-    """XXH3-64 (seed 0) over each distinct tensor's bytes in entry order; padding excluded."""
-    h = xxhash.xxh3_64()
-    seen: set[tuple[int, int]] = set()
-    raw = storage.numpy()
-    for e in entries:
-        key = (e.offset, e.nbytes)
-        if e.nbytes == 0 or key in seen:
-            continue
-        seen.add(key)
-        h.update(raw[e.offset : e.offset + e.nbytes].data)
-    return f"xxh3-64:{h.hexdigest()}"
 
 
 def _check_tensor(name: str, t: object) -> torch.Tensor:
@@ -519,6 +506,10 @@ _new_hasher = xxhash.xxh3_64  # the checksum's hash; a benchmark swaps it to mea
 _ZEROS = bytes(ALIGNMENT)
 
 
+def _discard(data: Any) -> None:
+    """A ``write`` for :func:`stream_packed` when only the checksum is wanted."""
+
+
 def host_bytes(t: torch.Tensor) -> np.ndarray:
     """The bytes of ``t`` (not tracking gradients) in C order as a 1-d uint8 array: a view for a
     contiguous CPU tensor, a copy (of this one tensor) for anything else (strided, on a GPU,
@@ -535,8 +526,8 @@ def stream_packed(
 ) -> str:
     """Hand bytes ``[start, end)`` of a packed layout to ``write`` without building it: the bytes
     of each source tensor at its offset, zeros between them, in chunks. ``sources`` are (offset,
-    tensor) in offset order, as :func:`_plan` gives them. Returns the checksum, the one
-    :func:`checksum_of` computes over the packed copy, of the very bytes written.
+    tensor) in offset order, as :func:`_plan` gives them. Returns the checksum of the very bytes
+    written (docs/format.md): XXH3-64 over each distinct tensor's bytes in order, padding excluded.
 
     Large layouts are hashed on a second thread, chunk by chunk in order, while this one writes
     (xxhash and file writes both release the GIL), so the checksum adds little to a write's time.
