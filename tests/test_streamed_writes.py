@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from checksums import reference_checksum
 from modelrows import Catalog, ModelV1, fetch_weights, load_weights, read_model_row, write_model_row
 from modelrows import weights as weights_module
+from modelrows.arrowtypes import placeholder
 from modelrows.errors import StorageError
 
 
@@ -226,3 +227,11 @@ def test_any_state_dict_streams_to_the_bytes_of_its_snapshot(
     back = read_model_row(d / "b.arrow", verify=True).weights
     assert back == snapshot
     assert back.stored_checksum == reference_checksum(snapshot)
+
+
+def test_the_blob_placeholder_of_a_model_larger_than_memory_costs_nothing() -> None:
+    size = 1 << 40  # 1 TiB: far beyond this machine's memory and commit limit
+    buf = placeholder(size)
+    assert buf.size == size
+    view = memoryview(buf)
+    assert view[0] == 0 and view[size - 1] == 0  # zeros, mapped on demand

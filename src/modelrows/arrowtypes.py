@@ -396,7 +396,7 @@ class BlobStream:
     ) -> None:
         self.weights, self.sources, self.start, self.end = weights, sources, start, end
         self.checksum: str | None = None
-        self.blob = pa.py_buffer(mmap.mmap(-1, end - start))  # costs nothing until read
+        self.blob = placeholder(end - start)
         self.checksum_value = pa.py_buffer(CHECKSUM_PLACEHOLDER.encode())
 
     def write(self, write: Callable[[Any], object]) -> None:
@@ -410,6 +410,16 @@ class BlobStream:
         if len(out) != len(CHECKSUM_PLACEHOLDER):
             raise AssertionError(f"checksum {self.checksum!r} has an unexpected length")
         return out
+
+
+def placeholder(size: int) -> pa.Buffer:
+    """``size`` bytes of zeros that cost nothing: a private read-only anonymous mapping, which
+    the kernel neither backs with memory until read nor charges against its commit limit (so a
+    blob larger than RAM still gets one; a shared or writable mapping of 100 GB fails here)."""
+    if hasattr(mmap, "MAP_PRIVATE"):  # POSIX
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        return pa.py_buffer(mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ))
+    return pa.py_buffer(mmap.mmap(-1, size, access=mmap.ACCESS_READ))  # pragma: no cover
 
 
 @dataclass
