@@ -93,6 +93,21 @@ class Result:
     targets: list[tuple[str, bool]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def timing(
+        cls,
+        section: str,
+        c: Contender,
+        nbytes: int,
+        ratios: dict[str, float],
+        targets: list[tuple[str, bool]],
+    ) -> Result:
+        """A timed contender's line: median time, throughput over ``nbytes``, every repetition."""
+        return cls(
+            section, c.name, c.median, "s", gbps(nbytes, c.median), ratios, targets,
+            extra={"times": c.times},
+        )  # fmt: skip
+
 
 def fmt_value(r: Result) -> str:
     if r.unit == "s":
@@ -208,18 +223,7 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
         targets = []
         if c is ours or c is append_live:
             targets.append(target(">= 1.0x safetensors", speed, at_least=1.0))
-        out.append(
-            Result(
-                label,
-                c.name,
-                c.median,
-                "s",
-                gbps(nbytes, c.median),
-                {"vs safetensors": speed},
-                targets,
-                extra={"times": c.times},
-            )
-        )
+        out.append(Result.timing(label, c, nbytes, {"vs safetensors": speed}, targets))
     shutil.rmtree(d)
     return out
 
@@ -279,18 +283,7 @@ def bench_load(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
                 target(">= 1.0x safetensors", ratios["vs safetensors"], at_least=1.0),
                 target(">= 0.9x memcpy", ratios["vs memcpy"], at_least=0.9),
             ]
-        out.append(
-            Result(
-                label,
-                c.name,
-                c.median,
-                "s",
-                gbps(nbytes, c.median),
-                ratios,
-                targets,
-                extra={"times": c.times},
-            )
-        )
+        out.append(Result.timing(label, c, nbytes, ratios, targets))
     shutil.rmtree(d)
     return out
 
