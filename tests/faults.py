@@ -53,7 +53,7 @@ class Faults:
             m.setattr(os, "fsync", fsync)
             m.setattr(rowfile, "open", opener, raising=False)
             for kind, name in [("mkdir", "mkdir"), ("rename", "replace"), ("link", "link"),
-                               ("unlink", "unlink")]:  # fmt: skip
+                               ("unlink", "unlink"), ("write", "writev")]:  # fmt: skip
                 real = getattr(os, name)
                 m.setattr(os, name, lambda *a, _k=kind, _r=real, **kw: self._call(_k, _r, *a, **kw))
             yield self.trace

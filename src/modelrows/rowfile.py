@@ -66,6 +66,90 @@ PathLike = str | os.PathLike[str]
 # -- writing -----------------------------------------------------------------------------------------
 
 
+WRITE_ALIGN = 2 << 20
+"""The file is handed to the kernel in writes that start and end at multiples of this (2 MiB, a
+huge page) in the file. A kernel that caches files in large folios (Linux 6.16+ on ext4, XFS ...)
+then keeps a freshly written row in 2 MiB folios, which a reader maps one page-table entry per
+2 MiB: mapping a 200 MB row costs ~0.2 ms instead of ~4 ms (51,200 page faults), unmapping it
+~0.1 ms instead of ~0.6 ms, and copying out of it is faster (fewer TLB misses)."""
+
+_COPY_BELOW = 64 << 10
+"""Pieces smaller than this are copied into a staging buffer; larger ones are written from where
+they lie. This bounds the pieces of one ``writev`` (a few dozen per 2 MiB) far below IOV_MAX."""
+
+
+class _AlignedWriter:
+    """Buffers a file's bytes by reference and writes them with ``os.writev`` in runs that end on
+    :data:`WRITE_ALIGN` boundaries of the file (the last run ends where the file does).
+
+    A piece handed to :meth:`write` must keep its bytes until :meth:`finish`: bytes objects and
+    pyarrow buffers are immutable; tensor bytes are a model's, which is not trained during a write
+    (see fetch_weights' ``copy=False``). A file without a descriptor gets plain writes."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.fd: int | None = None
+        self.offset = 0  # of the first byte not yet written
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no descriptor (BytesIO)
+            self.fd = f.fileno()
+        if self.fd is not None:  # f is fresh: nothing buffered in it that would land after these
+            self.offset = os.lseek(self.fd, 0, os.SEEK_CUR)
+        self.pieces: list[bytearray | memoryview] = []
+        self.queued = 0  # bytes in pieces
+
+    def write(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if not n:
+            return
+        if self.fd is None:
+            self.f.write(view)
+            return
+        if n < _COPY_BELOW:
+            if not self.pieces or not isinstance(self.pieces[-1], bytearray):
+                self.pieces.append(bytearray())
+            staging = self.pieces[-1]
+            assert isinstance(staging, bytearray)
+            staging += view
+        else:
+            self.pieces.append(view)
+        self.queued += n
+        end = self.offset + self.queued
+        boundary = end - end % WRITE_ALIGN
+        if boundary > self.offset:
+            self._write_until(boundary)
+
+    def finish(self) -> None:
+        """Write everything queued."""
+        if self.queued:
+            self._write_until(self.offset + self.queued)
+
+    def _write_until(self, stop: int) -> None:
+        """Write the queued bytes up to file offset ``stop``; keep the rest queued."""
+        assert self.fd is not None
+        batch: list[memoryview] = []
+        need = stop - self.offset
+        while need:
+            piece = memoryview(self.pieces[0])
+            if len(piece) <= need:
+                self.pieces.pop(0)
+                batch.append(piece)
+                need -= len(piece)
+            else:  # split: the rest stays first in the queue
+                batch.append(piece[:need])
+                rest = piece[need:]
+                self.pieces[0] = bytearray(rest) if len(rest) < _COPY_BELOW else rest
+                need = 0
+        while batch:  # a regular file writes all of it, short of an error; loop anyway
+            n = os.writev(self.fd, batch)
+            self.offset += n
+            self.queued -= n
+            while batch and n >= len(batch[0]):
+                n -= len(batch.pop(0))
+            if n:
+                batch[0] = batch[0][n:]
+
+
 class _Sink:
     """A file-like sink for pyarrow that records where each buffer lands (and may write nothing).
 
@@ -74,7 +158,7 @@ class _Sink:
     """
 
     def __init__(self, f: IO[bytes] | None = None, streams: Sequence[BlobStream] = ()) -> None:
-        self.f = f
+        self.out = _AlignedWriter(f) if f is not None else None
         self.pos = 0
         self.positions: dict[tuple[int, int], int] = {}
         self.closed = False
@@ -87,17 +171,17 @@ class _Sink:
             n = int(data.size)
             key = (data.address, n)
             self.positions.setdefault(key, self.pos)
-            if self.f is not None and n:
+            if self.out is not None and n:
                 if key in self.blobs:
-                    self.blobs.pop(key).write(self.f.write)
+                    self.blobs.pop(key).write(self.out.write)
                 elif key in self.checksums:
-                    self.f.write(self.checksums.pop(key).checksum_bytes())
+                    self.out.write(self.checksums.pop(key).checksum_bytes())
                 else:
-                    self.f.write(memoryview(data))
+                    self.out.write(data)
         else:
             n = len(memoryview(data))
-            if self.f is not None and n:
-                self.f.write(data)
+            if self.out is not None:
+                self.out.write(data)
         self.pos += n
         return n
 
@@ -105,10 +189,11 @@ class _Sink:
         return self.pos
 
     def flush(self) -> None:
-        if self.f is not None:
-            self.f.flush()
+        """Nothing: :meth:`close` writes what is queued (a flush mid-file would break the runs)."""
 
     def close(self) -> None:
+        if self.out is not None and not self.closed:
+            self.out.finish()
         self.closed = True
 
     def writable(self) -> bool:
@@ -201,6 +286,7 @@ def _serialize(build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[byt
     sink = _Sink(f, streams)
     with ipc.new_file(sink, batch.schema) as w:
         w.write_batch(batch)
+    sink.close()
     if sink.pos != dry.pos:  # pragma: no cover - the same batch serializes to the same bytes
         raise AssertionError(f"wrote {sink.pos} bytes, planned {dry.pos}")
     if sink.blobs or sink.checksums:  # pragma: no cover - pyarrow writes every buffer it has
