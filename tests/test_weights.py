@@ -37,7 +37,8 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
     assert list(sa) == list(sb)
     for k in sa:
         assert sa[k].dtype == sb[k].dtype, k
-        assert torch.equal(sa[k].view(-1).view(torch.uint8), sb[k].view(-1).view(torch.uint8)), k
+        raw_a, raw_b = (t.contiguous().view(-1).view(torch.uint8) for t in (sa[k], sb[k]))
+        assert torch.equal(raw_a, raw_b), k
 
 
 class ConvNet(nn.Module):
@@ -289,3 +290,58 @@ def test_gpu_model_written_without_a_snapshot(tmp_path: Path) -> None:
     write_model_row(path, ModelV1(weights=live), fsync=False)  # each tensor streamed to the host
     back = read_model_row(path, verify=True).weights
     assert back == fetch_weights(model)
+
+
+class _TaggedParameter(nn.Parameter):
+    """A Parameter subclass: loads into it go through torch's copy_, never raw bytes."""
+
+
+class Mixed(nn.Module):
+    """Every kind of target a load copies into: large and small parameters (plain copy_ and raw
+    byte copies), bf16, an int64 buffer, a non-contiguous buffer and a Parameter subclass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Linear(600, 600)  # 1.4 MB weight: copy_
+        self.bn = nn.BatchNorm1d(600)  # small tensors: raw byte copies
+        self.half = nn.Linear(8, 8).to(torch.bfloat16)
+        self.register_buffer("transposed", torch.zeros(3, 4).t())
+        self.tagged = _TaggedParameter(torch.zeros(5))
+
+
+def randomized(model: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.copy_((torch.rand(t.shape) * 100).to(t.dtype))
+    return model
+
+
+@pytest.mark.parametrize("source", ["file", "memory"])
+def test_every_kind_of_target_loads_as_load_state_dict_would(tmp_path: Path, source: str) -> None:
+    original = randomized(Mixed(), 1)
+    weights = roundtrip(original, tmp_path) if source == "file" else fetch_weights(original)
+    ours, reference = randomized(Mixed(), 2), randomized(Mixed(), 2)
+    load_weights(ours, weights)
+    reference.load_state_dict(weights.state_dict())
+    assert_same_state(ours, reference)
+    assert_same_state(ours, original)
+    assert not ours.transposed.is_contiguous() and type(ours.tagged) is _TaggedParameter
+
+
+def test_a_load_with_cast_and_prefix_from_a_file(tmp_path: Path) -> None:
+    whole = nn.Sequential(randomized(Mixed(), 3), nn.Linear(2, 2))
+    weights = roundtrip(whole, tmp_path)
+    target = randomized(Mixed(), 4).to(torch.float64)
+    load_weights(target, weights, prefix="0.", cast=True)
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, whole[0].state_dict()[name].to(torch.float64)), name
+
+
+def test_autograd_sees_a_load_as_an_in_place_change(tmp_path: Path) -> None:
+    model = randomized(nn.BatchNorm1d(4), 5)  # small tensors: copied as raw bytes
+    weights = roundtrip(randomized(nn.BatchNorm1d(4), 6), tmp_path)
+    loss = (model.weight**2).sum()  # saves the weight for the backward pass
+    load_weights(model, weights)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -525,10 +525,8 @@ class WeightsType(FieldType):
         stored_fingerprint = array.field("fingerprint")[index].as_py()
         storage, base = ctx.storage_for(blob_addr, blob_len, values_buf, start)
         entries = tuple(decode_entries(tensors, blob_len, where, base=base))
-        address = storage.data_ptr()
-        if (address + base) % 16 and any(  # 16: the largest itemsize, so all are aligned if it is
-            (address + e.offset) % DTYPE_NAMES[e.dtype].itemsize for e in entries
-        ):  # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
+        if _misaligned(storage.data_ptr(), entries):
+            # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
             storage = storage[base : base + blob_len].clone()
             entries = tuple(
                 TensorEntry(e.name, e.dtype, e.shape, e.offset - base if e.nbytes else 0, e.nbytes)
@@ -543,6 +541,14 @@ class WeightsType(FieldType):
             )
         object.__setattr__(w, "_stored_checksum", stored_checksum)
         return w
+
+
+def _misaligned(address: int, entries: tuple[TensorEntry, ...]) -> bool:
+    """Whether a tensor at ``address + offset`` does not start at a multiple of its item size."""
+    n = len(entries)
+    offsets = np.fromiter((e.offset for e in entries), np.int64, n)
+    sizes = np.fromiter((DTYPE_NAMES[e.dtype].itemsize for e in entries), np.int64, n)
+    return bool(((address % 64 + offsets) % sizes).any())  # 64: a multiple of every item size
 
 
 def is_null(array: pa.Array, index: int) -> bool:
@@ -588,20 +594,39 @@ def decode_entries(
     entries = _well_formed_entries(tensors, blob_len, base)
     if entries is None:  # something is off: the careful pass finds it and names it
         entries = _checked_entries(tensors, blob_len, base, where, bad)
-    spans = sorted({(e.offset, e.nbytes, e.dtype, e.shape) for e in entries if e.nbytes})
-    for (o1, n1, *_), (o2, _n2, *_) in itertools.pairwise(spans):
-        if o1 + n1 > o2:
-            raise bad(
-                f"tensors overlap at byte {o2 - base}; tensors share bytes only when tied (identical)"
-            )
+    overlap = _first_overlap(entries)
+    if overlap is not None:
+        raise bad(
+            f"tensors overlap at byte {overlap - base}; tensors share bytes only when tied "
+            "(identical)"
+        )
     return entries
+
+
+def _first_overlap(entries: list[TensorEntry]) -> int | None:
+    """The offset where a tensor starts inside another, or None. Tied tensors (same offset, size,
+    dtype and shape) share their bytes; no others may. Offsets and sizes are checked already,
+    so their sums do not overflow."""
+    live = [e for e in entries if e.nbytes]
+    if len(live) < 2:
+        return None
+    offsets = np.fromiter((e.offset for e in live), np.int64, len(live))
+    sizes = np.fromiter((e.nbytes for e in live), np.int64, len(live))
+    order = np.lexsort((sizes, offsets))
+    starts, lengths = offsets[order], sizes[order]
+    # in start order, a tensor overlapping any later one overlaps the next (or is tied to it)
+    for i in np.flatnonzero(starts[:-1] + lengths[:-1] > starts[1:]).tolist():
+        a, b = live[order[i]], live[order[i + 1]]
+        if (a.offset, a.nbytes, a.dtype, a.shape) != (b.offset, b.nbytes, b.dtype, b.shape):
+            return int(starts[i + 1])
+    return None
 
 
 def _well_formed_entries(
     tensors: pa.StructArray, blob_len: int, base: int
 ) -> list[TensorEntry] | None:
-    """The entries of a well-formed tensor table, checked with whole-column operations and one
-    light pass; None at the first doubt (a null, a bad value), for the careful pass to name."""
+    """The entries of a well-formed tensor table, checked with whole-column operations; None at
+    the first doubt (a null, a bad value), for the careful pass to name."""
     cols = [tensors.field(k) for k in ("name", "dtype", "shape", "offset", "nbytes")]
     name_col, dtype_col, shape_col, offset_col, nbytes_col = cols
     if tensors.null_count or any(c.null_count for c in cols) or shape_col.values.null_count:
@@ -610,7 +635,7 @@ def _well_formed_entries(
     if len(set(names)) != len(names) or "" in names:
         return None
     try:
-        itemsizes = [DTYPE_NAMES[d].itemsize for d in dtypes]
+        itemsizes = np.array([DTYPE_NAMES[d].itemsize for d in dtypes], dtype=np.int64)
     except KeyError:
         return None
     bounds = shape_col.offsets.to_numpy()
@@ -620,20 +645,26 @@ def _well_formed_entries(
     if (len(dims) and dims.min() < 0) or (len(rel) > 1 and np.diff(rel).max() > MAX_NDIM):
         return None
     flat, cuts = dims.tolist(), rel.tolist()
-    entries = []
-    for i, (name, dtype, itemsize, offset, nbytes) in enumerate(
-        zip(names, dtypes, itemsizes, offset_col.to_pylist(), nbytes_col.to_pylist(), strict=True)
+    shapes = [tuple(flat[a:b]) for a, b in itertools.pairwise(cuts)]
+    numels = [math.prod(shape) for shape in shapes]
+    if numels and max(numels) > _MAX_NUMEL:  # int64 arithmetic below must not overflow
+        return None
+    offsets = offset_col.to_numpy(zero_copy_only=False)
+    sizes = nbytes_col.to_numpy(zero_copy_only=False)
+    used = sizes > 0
+    if (
+        (offsets < 0).any()
+        or (sizes != np.array(numels, dtype=np.int64) * itemsizes).any()
+        or (offsets > blob_len - sizes).any()
+        or (offsets[used] % itemsizes[used]).any()
     ):
-        shape = tuple(flat[cuts[i] : cuts[i + 1]])
-        if (
-            offset < 0
-            or nbytes != math.prod(shape) * itemsize
-            or offset + nbytes > blob_len
-            or (nbytes and offset % itemsize)
-        ):
-            return None
-        entries.append(TensorEntry(name, dtype, shape, offset + base if nbytes else 0, nbytes))
-    return entries
+        return None
+    # an empty tensor has no bytes, so where it says they are does not matter: the start
+    starts = np.where(used, offsets + base, 0).tolist()
+    return list(map(TensorEntry, names, dtypes, shapes, starts, sizes.tolist()))
+
+
+_MAX_NUMEL = 1 << 58  # times an itemsize of at most 16: below 2**63
 
 
 def _checked_entries(
