@@ -24,8 +24,10 @@ STEPS = {"mkdir", "directory fsync", "create", "write", "flush", "fsync", "link"
 
 
 def row(run: str, epoch: int = 0) -> FaultRowV1:
-    return FaultRowV1(weights=fetch_weights({"w": torch.randn(300), "b": torch.ones(3)}), run=run,
-                      epoch=epoch)  # fmt: skip
+    # 5 MB: the file goes to the kernel in two writes (up to the 4 MiB boundary, then the rest),
+    # so a write fails with the file half written, and pyarrow still writes its footer after it
+    weights = fetch_weights({"w": torch.randn(1_300_000), "b": torch.ones(3)})
+    return FaultRowV1(weights=weights, run=run, epoch=epoch)
 
 
 def temp_files(root: Path) -> list[Path]:

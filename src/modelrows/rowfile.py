@@ -90,17 +90,19 @@ class _AlignedWriter:
         self.f = f
         self.fd: int | None = None
         self.offset = 0  # of the first byte not yet written
-        with contextlib.suppress(AttributeError, OSError, ValueError):  # no descriptor (BytesIO)
-            self.fd = f.fileno()
+        if hasattr(os, "writev"):  # POSIX
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # BytesIO has none
+                self.fd = f.fileno()
         if self.fd is not None:  # f is fresh: nothing buffered in it that would land after these
             self.offset = os.lseek(self.fd, 0, os.SEEK_CUR)
         self.pieces: list[bytearray | memoryview] = []
         self.queued = 0  # bytes in pieces
+        self.failed = False  # a write raised: the file is abandoned, later bytes are dropped
 
     def write(self, data: Any) -> None:
         view = memoryview(data).cast("B")
         n = len(view)
-        if not n:
+        if not n or self.failed:  # (pyarrow still writes its footer after a failed write)
             return
         if self.fd is None:
             self.f.write(view)
@@ -121,7 +123,7 @@ class _AlignedWriter:
 
     def finish(self) -> None:
         """Write everything queued."""
-        if self.queued:
+        if self.queued and not self.failed:
             self._write_until(self.offset + self.queued)
 
     def _write_until(self, stop: int) -> None:
@@ -141,7 +143,11 @@ class _AlignedWriter:
                 self.pieces[0] = bytearray(rest) if len(rest) < _COPY_BELOW else rest
                 need = 0
         while batch:  # a regular file writes all of it, short of an error; loop anyway
-            n = os.writev(self.fd, batch)
+            try:
+                n = os.writev(self.fd, batch)
+            except BaseException:
+                self.failed = True
+                raise
             self.offset += n
             self.queued -= n
             while batch and n >= len(batch[0]):
