@@ -744,7 +744,8 @@ def _copy_into(
     """Copy each source into its (checked) target, each distinct target once."""
     done: set[int] = set()
     direct: list[torch.Tensor] = []  # targets written by memmove: their versions are bumped
-    mapped = isinstance(weights, Weights) and not weights._owned
+    storage = weights._storage if isinstance(weights, Weights) and not weights._owned else None
+    mapped = storage is not None and storage.numel() >= PREFAULT_FROM  # (the whole file)
     spans = [(source[n].address, source[n].nbytes) for n in to_load] if mapped else []
     with torch.no_grad(), _prefaulting(spans):
         for name in to_load:
