@@ -300,3 +300,42 @@ def test_a_long_lived_catalog_forgets_the_files_it_no_longer_has(catalog: Catalo
         catalog.path_of(row_id).unlink()  # e.g. a clean-up of old epochs by another process
     assert len(catalog.scan().collect()) == 2
     assert set(catalog._checked) == set(catalog._row_files().values())  # no memory of the four
+
+
+def test_get_lists_the_partitions_once_and_sees_other_writers_rows(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [catalog.append(row(f"r{i % 4}", i, i / 10)) for i in range(12)]
+    listed: list[str] = []
+    real = os.scandir
+
+    def spy(path: os.PathLike[str] | str) -> object:
+        listed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", spy)
+    assert catalog.get(ids[0]).epoch == 0  # the first get walks the tree ...
+    walked = len(listed)
+    assert walked == 5  # the root and its four partitions
+    assert [catalog.get(i).epoch for i in ids] == list(range(12))  # ... later ones do not
+    assert len(listed) == walked
+
+    other = Catalog.open(catalog.root).append(row("r9", 99, 0.5))  # another writer's row
+    assert catalog.get(other).epoch == 99
+    assert len(listed) > walked
+
+
+def test_get_never_uses_a_file_that_is_gone_or_became_a_symlink(catalog: Catalog) -> None:
+    kept, removed, swapped = (catalog.append(row("r", i, 0.1)) for i in range(3))
+    for i in (kept, removed, swapped):
+        catalog.get(i)  # all three known to this catalog
+    catalog.path_of(removed).unlink()
+    with pytest.raises(RowNotFoundError):
+        catalog.get(removed)
+    path = catalog.path_of(swapped)
+    target = path.with_name("elsewhere.bin")
+    path.rename(target)
+    path.symlink_to(target)
+    with pytest.raises(RowNotFoundError):
+        catalog.get(swapped)  # the walk never follows symlinks, and neither does the memory
+    assert catalog.get(kept).epoch == 0

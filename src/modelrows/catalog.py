@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
@@ -116,6 +117,14 @@ def _encode_segment(key: str, value: object) -> str:
     return f"{key}={urllib.parse.quote(str(value), safe='')}"
 
 
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not a symlink to one, as the tree walk requires)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _is_row_file(name: str) -> bool:
     return name.endswith(".arrow") and not name.startswith(("_", "."))
 
@@ -146,6 +155,7 @@ class Catalog:
         self._con: duckdb.DuckDBPyConnection | None = None
         # what _problem found per file, keyed by (inode, size, mtime): row files are immutable
         self._checked: dict[Path, tuple[tuple[int, int, int], _Problem | None]] = {}
+        self._files: dict[str, Path] = {}  # row id -> file, as of the last walk of the tree
 
     # -- creating and opening -------------------------------------------------------------------------
     @classmethod
@@ -403,13 +413,21 @@ class Catalog:
                     found[entry.name.split(".", 1)[0]] = Path(entry.path)
 
         walk(self.root, 0)
+        self._files = found
         return found
 
     def __len__(self) -> int:
         return len(self._row_files())
 
     def path_of(self, row_id: str) -> Path:
-        """The file holding ``row_id``; RowNotFoundError if there is none."""
+        """The file holding ``row_id``; RowNotFoundError if there is none.
+
+        Row files never move, so a file found by an earlier walk of the tree is used while it
+        exists; the tree is walked again (every partition directory listed) only for an id not
+        seen yet or whose file is gone."""
+        known = self._files.get(row_id)
+        if known is not None and _is_regular(known):
+            return known
         return self._path_in(self._row_files(), row_id)
 
     def _path_in(self, files: dict[str, Path], row_id: str) -> Path:
