@@ -197,7 +197,7 @@ class Weights(Mapping[str, torch.Tensor]):
         return tensors
 
     def _tensor(self, entry: TensorEntry) -> torch.Tensor:
-        """The tensor of one of this entries, without building every view for it."""
+        """The tensor of one of these entries, without building the views of all the others."""
         if self._tensors is not None:
             return self._tensors[entry.name]
         assert self._storage is not None
