@@ -111,14 +111,17 @@ def race(
     prefault_bytes: int = 0,
     settle: bool = False,
 ) -> None:
-    """Time every contender ``reps`` times, round-robin, so drift hits them all alike.
+    """Time every contender ``reps`` times, round-robin, so drift hits them all alike; each round
+    starts with the next contender, so each runs after every other one equally often (what ran
+    just before a contender, e.g. a 400 MB copy through the caches, shifts its time).
 
     ``prefault_bytes``: memory touched and freed (untimed) before each timed run; see prefault.
     ``settle``: flush the kernel's dirty pages (``os.sync()``, untimed) before each timed run, so
     no writer is throttled by the writeback of the file the one before it wrote.
     """
     for rep in range(warmup + reps):
-        for c in contenders:
+        shift = rep % len(contenders)  # each round starts one further on: no contender always
+        for c in contenders[shift:] + contenders[:shift]:  # runs right after the same other one
             if c.before is not None:
                 c.before()
             if settle:

@@ -71,11 +71,12 @@ class Sizes:
     append_rows: int
     append_rows_fsync: int
     peak_methods: int  # how many of the load methods the peak-memory section runs
+    load_reps: int  # loads take tens of milliseconds: more rounds steady their paired ratios
     prefault: int = 3  # before each timed save, touch this many checkpoints' worth of memory
 
 
-FULL = Sizes(400 * MB, 1000 * MB, 7, (1_000, 2_000, 10_000), (1_000, 2_000), 5, 2_000, 200, 6)
-QUICK = Sizes(19 * MB, 38 * MB, 2, (40, 80), (40, 80), 2, 50, 10, 2)
+FULL = Sizes(400 * MB, 1000 * MB, 7, (1_000, 2_000, 10_000), (1_000, 2_000), 5, 2_000, 200, 6, 25)
+QUICK = Sizes(19 * MB, 38 * MB, 2, (40, 80), (40, 80), 2, 50, 10, 2, 2)
 SMALL_WEIGHTS = 4 * 1024
 LARGE_WEIGHTS = 4 * 1024 * 1024
 
@@ -271,7 +272,7 @@ def bench_load(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
             lambda: fresh.load_state_dict(torch.load(pt, mmap=True, weights_only=True)),
         ),
     ]
-    race(cs, reps=sizes.reps)  # no prefault: loading into a built model allocates little
+    race(cs, reps=sizes.load_reps)  # no prefault: loading into a built model allocates little
     for k, v in fresh.state_dict().items():  # the loads really happened
         assert torch.equal(v, source[k]), k
     out = []
@@ -615,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.reps:
-        sizes.reps = sizes.query_reps = args.reps
+        sizes.reps = sizes.query_reps = sizes.load_reps = args.reps
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     unknown = only - set(SECTIONS)
     if unknown:
@@ -662,7 +663,11 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": elapsed,
             "machine": info,
             "results": [asdict(r) for r in results],
-            "medians_of": {"reps": sizes.reps, "query_reps": sizes.query_reps},
+            "medians_of": {
+                "reps": sizes.reps,
+                "load_reps": sizes.load_reps,
+                "query_reps": sizes.query_reps,
+            },
         }
         text = json.dumps(payload, indent=2)
         if args.json == "-":
