@@ -13,12 +13,13 @@ import mmap
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from checksums import reference_checksum
-from modelrows import ModelV1, fetch_weights, read_model_row, write_model_row
+from modelrows import ModelV1, fetch_weights, read_model_row, rowfile, write_model_row
 from modelrows.rowfile import WRITE_ALIGN
 from modelrows.weights import empty_bytes
 
@@ -179,3 +180,32 @@ def test_a_fresh_row_maps_in_huge_pages_where_the_kernel_caches_files_in_them(
     path = tmp_path / "m.arrow"
     write_model_row(path, ModelV1(weights=fetch_weights(many_tensors())), fsync=False)
     assert pmd_mapped_fraction(path) >= 0.9
+
+
+def test_rows_of_one_layout_start_from_where_the_last_one_landed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[int] = []
+    real = rowfile.row_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rowfile, "row_batch", counted)
+    monkeypatch.setattr(rowfile, "_LANDED", {})
+
+    def write(name: str, tensors: dict[str, torch.Tensor]) -> int:
+        builds.clear()
+        path = tmp_path / name
+        write_model_row(path, ModelV1(weights=fetch_weights(tensors)), fsync=False)
+        back = read_model_row(path, verify=True).weights
+        assert all(t.data_ptr() % 64 == 0 for t in back.values())  # 64-byte aligned in the file
+        assert back == fetch_weights(tensors)
+        return len(builds)
+
+    assert write("a.arrow", {"w": torch.randn(100)}) == 2  # planned from scratch: two passes
+    assert write("b.arrow", {"w": torch.randn(100)}) == 1  # the same layout: the guess holds
+    # a longer tensor table moves the blob: the guess is wrong, and the dry run corrects it
+    assert write("c.arrow", {"w" * 300: torch.randn(100)}) == 2
+    assert write("d.arrow", {"v" * 300: torch.randn(100)}) == 1

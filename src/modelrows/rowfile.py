@@ -272,10 +272,20 @@ def _preallocate(f: IO[bytes], size: int) -> None:
     FALLOCATE(fd, 0, 0, size)  # errors (EOPNOTSUPP, ENOSPC ...) surface on the writes instead
 
 
-def _serialize(build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[bytes]) -> None:
+_LANDED: dict[Any, dict[str, int]] = {}
+"""Where the weights blobs of the last row of each layout (row class and managed columns) landed
+in its file: the first plan for the next row of that layout, which usually lands alike, saving a
+build and a dry run. A guess only: the dry run checks it like any other plan."""
+
+
+def _serialize(
+    build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[bytes], *, layout: Any = None
+) -> None:
     """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64),
-    streaming each blob from its tensors (see :class:`BlobStream`)."""
-    plans: dict[str, BlobPlan] = {}
+    streaming each blob from its tensors (see :class:`BlobStream`). ``layout``: a key under which
+    to remember where the blobs landed, for the next batch of the same layout."""
+    guess = _LANDED.get(layout, {}) if layout is not None else {}
+    plans = {name: BlobPlan(position) for name, position in guess.items()}
     for _ in range(8):
         batch = build(plans)
         dry = _Sink()
@@ -287,6 +297,10 @@ def _serialize(build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[byt
         plans = {name: BlobPlan(pos) for name, pos in landed.items()}
     else:  # pragma: no cover - the layout converges in len(weights columns) + 1 passes
         raise AssertionError("could not align the weights in the file")
+    if layout is not None:
+        if len(_LANDED) >= 64 and layout not in _LANDED:  # a bound; the guesses are cheap to redo
+            _LANDED.clear()
+        _LANDED[layout] = landed
     _preallocate(f, dry.pos)
     streams = [p.stream for p in plans.values() if p.stream is not None]
     sink = _Sink(f, streams)
@@ -400,7 +414,8 @@ def prepare_row_file(
         )
 
     def write(f: IO[bytes]) -> None:
-        _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f)
+        layout = (type(row), tuple(managed or ()))
+        _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f, layout=layout)
 
     return PendingFile(Path(path), write, fsync=fsync)
 
