@@ -232,18 +232,36 @@ def bench_save(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
 # -- 2. load -----------------------------------------------------------------------------------------
 
 
-def bench_load(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
-    model = build_model(sizes.model_bytes, dtype)
-    nbytes = state_bytes(model)
-    label = f"load {str(dtype).removeprefix('torch.')} {nbytes / MB:.0f} MB"
-    d = work / f"load-{label.split()[1]}"
-    d.mkdir()
+@dataclass
+class Saved:
+    """One model saved by every contender of a load: a row file, a catalog row, safetensors and
+    torch.save files."""
+
+    row_file: Path
+    catalog: Catalog
+    row_id: str
+    st: Path
+    pt: Path
+
+
+def save_everywhere(model: torch.nn.Module, d: Path) -> Saved:
     ours, st, pt = d / "m.model.arrow", d / "m.safetensors", d / "m.pt"
     write_model_row(ours, ModelV1(weights=fetch_weights(model)), fsync=False)
     cat = Catalog.create(d / "catalog", BenchRowV1, partition_by=["run"])
     row_id = cat.append(BenchRowV1(weights=fetch_weights(model), run="a"), fsync=False)
     save_file(model.state_dict(), st)
     torch.save(model.state_dict(), pt)
+    return Saved(ours, cat, row_id, st, pt)
+
+
+def bench_load(sizes: Sizes, work: Path, dtype: torch.dtype) -> list[Result]:
+    model = build_model(sizes.model_bytes, dtype)
+    nbytes = state_bytes(model)
+    label = f"load {str(dtype).removeprefix('torch.')} {nbytes / MB:.0f} MB"
+    d = work / f"load-{label.split()[1]}"
+    d.mkdir()
+    saved = save_everywhere(model, d)
+    ours, st, pt, cat, row_id = saved.row_file, saved.st, saved.pt, saved.catalog, saved.row_id
     source = {k: v.clone() for k, v in model.state_dict().items()}
     del model
     fresh = build_model(sizes.model_bytes, dtype, seed=1)
@@ -336,12 +354,8 @@ def bench_peak(sizes: Sizes, work: Path) -> list[Result]:
     label = f"peak memory, load {nbytes / MB:.0f} MB"
     d = work / "peak"
     d.mkdir()
-    ours, st, pt = d / "m.model.arrow", d / "m.safetensors", d / "m.pt"
-    write_model_row(ours, ModelV1(weights=fetch_weights(model)), fsync=False)
-    cat = Catalog.create(d / "catalog", BenchRowV1, partition_by=["run"])
-    row_id = cat.append(BenchRowV1(weights=fetch_weights(model), run="a"), fsync=False)
-    save_file(model.state_dict(), st)
-    torch.save(model.state_dict(), pt)
+    saved = save_everywhere(model, d)
+    ours, st, pt, row_id = saved.row_file, saved.st, saved.pt, saved.row_id
     del model
     methods = [
         ("modelrows: read_model_row + load_weights", "modelrows", ours),

@@ -208,13 +208,10 @@ class Weights(Mapping[str, torch.Tensor]):
         return self._tensor_map()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._tensor_map() if self._tensors is not None else self._names())
+        return iter(self._tensors) if self._tensors is not None else (e.name for e in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def _names(self) -> list[str]:
-        return [e.name for e in self._entries]
 
     # -- facts -----------------------------------------------------------------------------------
     @property
