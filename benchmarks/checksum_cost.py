@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from modelrows import Catalog, ModelV1, fetch_weights
-from modelrows import weights as weights_module
+from modelrows import _weights as weights_module
 
 SIZES_MB = [1, 16, 64, 256]
 REPEATS = 15

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from modelrows import schema
+from modelrows import _schema as schema
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import pytest
 
-from modelrows import rowfile
+from modelrows import _rowfile as rowfile
 
 
 class Faults:

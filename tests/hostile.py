@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from modelrows import ModelV1, fetch_weights, write_model_row
-from modelrows.ipcguard import FlatTable, message_table
+from modelrows._ipcguard import FlatTable, message_table
 
 MARKER_NAME = "unpickled.marker"  # created by anything that deserializes a hostile type
 RECORDING_TYPE = "modelrows.test.recording"

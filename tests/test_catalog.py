@@ -23,7 +23,7 @@ from modelrows import (
     fetch_weights,
     load_weights,
 )
-from modelrows.catalog import new_row_id
+from modelrows._catalog import new_row_id
 
 
 class ConfigV1(Row, schema="cat.config", version=1):

@@ -268,7 +268,7 @@ def test_show_a_row_of_a_catalog(cat: Fixture, tmp_path: Path) -> None:
     assert facts["read_as"] == facts["schema"] == "clitest.digits.model@1>modelrows.model@1"
     assert [c["declared_by"] for c in facts["chain"]] == [
         "cli_rows.DigitsRowV1",
-        "modelrows.schema.ModelV1",
+        "modelrows.ModelV1",
     ]
     fields = {f["name"]: f for f in facts["fields"]}
     assert fields["config"]["value"] == {"seed": 3, "dropout_rate": 0.1}

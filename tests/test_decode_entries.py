@@ -12,8 +12,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelrows.arrowtypes import _TENSOR_STRUCT, _checked_entries, _well_formed_entries
-from modelrows.errors import CorruptRowError
+from modelrows._arrowtypes import _TENSOR_STRUCT, _checked_entries, _well_formed_entries
+from modelrows._errors import CorruptRowError
 
 DTYPES = ["float32", "bfloat16", "int8", "complex128", "bool", "float64", "nonsense", ""]
 

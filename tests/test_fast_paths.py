@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from checksums import reference_checksum
-from modelrows import ModelV1, fetch_weights, read_model_row, rowfile, write_model_row
-from modelrows.rowfile import WRITE_ALIGN
-from modelrows.weights import empty_bytes
+from modelrows import ModelV1, fetch_weights, read_model_row, write_model_row
+from modelrows import _rowfile as rowfile
+from modelrows._rowfile import WRITE_ALIGN
+from modelrows._weights import empty_bytes
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 4096, 5 * 1024 * 1024 + 3])

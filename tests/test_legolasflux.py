@@ -1,4 +1,4 @@
-"""Reading LegolasFlux.jl rows (modelrows.legolasflux) and the Julia -> PyTorch mapping of
+"""Reading LegolasFlux.jl rows (modelrows._legolasflux) and the Julia -> PyTorch mapping of
 docs/interop.md, against a file LegolasFlux.jl wrote (tests/fixtures/legolasflux)."""
 
 import math
@@ -25,11 +25,11 @@ from modelrows import (
     fetch_weights,
     load_weights,
     read_model_row,
-    schema,
     write_model_row,
 )
-from modelrows import weights as weights_module
-from modelrows.legolasflux import FlatArrayWeights, FlatArrayWeightsType
+from modelrows import _schema as schema
+from modelrows import _weights as weights_module
+from modelrows._legolasflux import FlatArrayWeights, FlatArrayWeightsType
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legolasflux" / "test.digits-model.arrow"
 INTEROP_DOC = Path(__file__).parent.parent / "docs" / "interop.md"

@@ -12,7 +12,7 @@ import pytest
 
 import workers
 from modelrows import Catalog
-from modelrows import catalog as catalog_module
+from modelrows import _catalog as catalog_module
 from workers import StressRowV1
 
 WRITERS = 8

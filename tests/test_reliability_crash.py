@@ -18,7 +18,7 @@ import pytest
 
 import workers
 from modelrows import Catalog
-from modelrows.rowfile import read_row_file
+from modelrows._rowfile import read_row_file
 from workers import StressRowV1
 
 KILLS = 60

@@ -28,7 +28,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
-from modelrows.ipcguard import FlatTable
+from modelrows._ipcguard import FlatTable
 
 EXAMPLES = int(os.environ.get("MODELROWS_FUZZ_EXAMPLES", "500"))
 

@@ -29,7 +29,7 @@ from modelrows import (
     UnsupportedFeatureError,
     fetch_weights,
 )
-from modelrows.catalog import CorruptRow
+from modelrows._catalog import CorruptRow
 
 CONTROL_DECLARES = 64 << 20  # what the unguarded control read must be seen allocating
 

@@ -17,7 +17,7 @@ import xxhash
 
 import modelrows
 from modelrows import Catalog, CorruptRowError, ModelV1, fetch_weights, read_model_row
-from modelrows.catalog import CorruptRow
+from modelrows._catalog import CorruptRow
 
 
 class Tied(nn.Module):

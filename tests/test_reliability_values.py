@@ -22,9 +22,9 @@ from modelrows import (
     ModelRowsError,
     ModelV1,
     RowValidationError,
-    arrowtypes,
     fetch_weights,
 )
+from modelrows import _arrowtypes as arrowtypes
 
 UTC = dt.timezone.utc
 

@@ -33,7 +33,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
-from modelrows.schema import lookup
+from modelrows._schema import lookup
 
 
 class DigitsConfigV1(Row, schema="digits.config", version=1):
@@ -134,7 +134,7 @@ def test_undeclared_schema_reads_as_nearest_ancestor_with_every_column(tmp_path:
     path = tmp_path / "digits.model.arrow"
     write_model_row(path, DigitsRowV1(weights=fetch_weights(small_model()), epoch=4, accuracy=0.5,
                                       config=DigitsConfigV1()))  # fmt: skip
-    from modelrows import schema
+    from modelrows import _schema as schema
 
     del schema._registry["digits.model@1"]
     back = read_model_row(path)

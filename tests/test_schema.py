@@ -17,7 +17,7 @@ from modelrows import (
     SchemaMismatchError,
     fetch_weights,
 )
-from modelrows.schema import lookup, nearest_declared, parse_qualified
+from modelrows._schema import lookup, nearest_declared, parse_qualified
 
 
 class ConfigV1(Row, schema="test.config", version=1):

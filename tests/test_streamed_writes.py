@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from checksums import reference_checksum
 from modelrows import Catalog, ModelV1, fetch_weights, load_weights, read_model_row, write_model_row
-from modelrows import weights as weights_module
-from modelrows.arrowtypes import placeholder
-from modelrows.errors import StorageError
+from modelrows import _weights as weights_module
+from modelrows._arrowtypes import placeholder
+from modelrows._errors import StorageError
 
 
 def mixed_tensors() -> dict[str, torch.Tensor]:

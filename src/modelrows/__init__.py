@@ -3,10 +3,18 @@
 Only numbers are stored (parameters and persistent buffers), never code or pickles. Rows follow
 versioned, extensible schemas after Legolas.jl; a catalog keeps one row per checkpoint in a
 partitioned Arrow dataset that Polars and DuckDB query.
+
+This module is the one public surface. Its names are imported on first use (PEP 562), so
+``import modelrows`` loads neither torch, Polars, DuckDB nor ``pyarrow.dataset``: a command-line
+tool or a query that never touches a tensor does not pay for them.
 """
 
-from .catalog import Catalog
-from .errors import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
     CatalogError,
     CommandLineError,
     CorruptRowError,
@@ -25,18 +33,56 @@ from .errors import (
     WeightsError,
     WeightsMismatchError,
 )
-from .legolasflux import LegolasFluxModelV1
-from .rowfile import read_model_row, write_model_row
-from .schema import FORMAT_VERSION, ModelV1, Row
-from .weights import LoadReport, Weights, fetch_weights, load_weights
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
+    from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._legolasflux import LegolasFluxModelV1
+    from ._rowfile import read_model_row, write_model_row
+    from ._schema import FORMAT_VERSION, ModelV1, Row
+    from ._version import __version__
+    from ._weights import LoadReport, TensorEntry, Weights, fetch_weights, load_weights
+
+# public name -> private module that defines it, imported on first access
+_LAZY = {
+    "Catalog": "._catalog",
+    "CorruptRow": "._catalog",
+    "OnCorrupt": "._catalog",
+    "LegolasFluxModelV1": "._legolasflux",
+    "read_model_row": "._rowfile",
+    "write_model_row": "._rowfile",
+    "FORMAT_VERSION": "._schema",
+    "ModelV1": "._schema",
+    "Row": "._schema",
+    "LoadReport": "._weights",
+    "TensorEntry": "._weights",
+    "Weights": "._weights",
+    "fetch_weights": "._weights",
+    "load_weights": "._weights",
+    "__version__": "._version",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelrows' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    if isinstance(value, type) and value.__module__.startswith("modelrows._"):
+        value.__module__ = "modelrows"  # where users import it from, as repr and docs show
+    globals()[name] = value  # the next access is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "FORMAT_VERSION",
     "Catalog",
     "CatalogError",
     "CommandLineError",
+    "CorruptRow",
     "CorruptRowError",
     "CorruptRowWarning",
     "LegolasFluxModelV1",
@@ -44,6 +90,7 @@ __all__ = [
     "ModelRowsError",
     "ModelV1",
     "NotArrowFileError",
+    "OnCorrupt",
     "Row",
     "RowCountError",
     "RowFileError",
@@ -52,6 +99,7 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "StorageError",
+    "TensorEntry",
     "UnknownSchemaError",
     "UnsupportedFeatureError",
     "Weights",

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from .arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, BlobStream, DecodeContext, WeightsType
-from .errors import (
+from ._arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, BlobStream, DecodeContext, WeightsType
+from ._errors import (
     CorruptRowError,
     ModelRowsError,
     NotArrowFileError,
@@ -32,10 +32,10 @@ from .errors import (
     StorageError,
     UnknownSchemaError,
 )
-from .ipcguard import check_row_file
-from .linux import FALLOCATE
-from .schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
-from .weights import ALIGNMENT, Weights
+from ._ipcguard import check_row_file
+from ._linux import FALLOCATE
+from ._schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
+from ._weights import ALIGNMENT, Weights
 
 __all__ = [
     "MANAGED_COLUMNS",

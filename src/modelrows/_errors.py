@@ -165,3 +165,7 @@ class CommandLineError(ModelRowsError):
 class CorruptRowWarning(UserWarning):
     """A query skipped a row file it could not read, because the caller passed
     ``on_corrupt="skip"``; the message names the file and says why."""
+
+
+for _name in __all__:  # users import these from modelrows: say so in reprs and tracebacks
+    globals()[_name].__module__ = "modelrows"

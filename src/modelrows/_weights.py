@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import xxhash
 
-from .errors import WeightsError, WeightsMismatchError
-from .linux import MADV_POPULATE_READ, MADVISE
+from ._errors import WeightsError, WeightsMismatchError
+from ._linux import MADV_POPULATE_READ, MADVISE
 
 __all__ = ["DTYPE_NAMES", "LoadReport", "TensorEntry", "Weights", "fetch_weights", "load_weights"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import CorruptRowError, NotArrowFileError, RowCountError, UnsupportedFeatureError
+from ._errors import CorruptRowError, NotArrowFileError, RowCountError, UnsupportedFeatureError
 
 __all__ = [
     "MAX_SCHEMA_ITEMS",

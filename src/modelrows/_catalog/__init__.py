@@ -34,8 +34,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from .arrowtypes import WEIGHTS_ARROW_TYPE, IntType
-from .errors import (
+from .._arrowtypes import WEIGHTS_ARROW_TYPE, IntType
+from .._errors import (
     CatalogError,
     CorruptRowError,
     CorruptRowWarning,
@@ -44,8 +44,8 @@ from .errors import (
     RowNotFoundError,
     StorageError,
 )
-from .ipcguard import check_schema_message
-from .rowfile import (
+from .._ipcguard import check_schema_message
+from .._rowfile import (
     MANAGED_COLUMNS,
     PathLike,
     PendingFile,
@@ -57,7 +57,7 @@ from .rowfile import (
     verify_row,
     write_atomic,
 )
-from .schema import ModelV1, Row, nearest_declared
+from .._schema import ModelV1, Row, nearest_declared
 
 __all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 

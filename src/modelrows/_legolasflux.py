@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .arrowtypes import MAX_NDIM, BlobPlan, DecodeContext, WeightsType, is_null
-from .errors import CorruptRowError, WeightsError
-from .schema import Row
-from .weights import DTYPE_NAMES, Weights
+from ._arrowtypes import MAX_NDIM, BlobPlan, DecodeContext, WeightsType, is_null
+from ._errors import CorruptRowError, WeightsError
+from ._schema import Row
+from ._weights import DTYPE_NAMES, Weights
 
 __all__ = ["FlatArrayWeights", "FlatArrayWeightsType", "LegolasFluxModelV1"]
 

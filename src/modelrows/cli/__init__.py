@@ -41,12 +41,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrowtypes import WEIGHTS_ARROW_TYPE
-from .catalog import Catalog
-from .errors import CatalogError, CommandLineError, ModelRowsError
-from .rowfile import MANAGED_COLUMNS, read_model_row
-from .schema import Row, lookup, parse_qualified
-from .weights import Weights, fetch_weights
+from .._arrowtypes import WEIGHTS_ARROW_TYPE
+from .._catalog import Catalog
+from .._errors import CatalogError, CommandLineError, ModelRowsError
+from .._rowfile import MANAGED_COLUMNS, read_model_row
+from .._schema import Row, lookup, parse_qualified
+from .._weights import Weights, fetch_weights
 
 try:
     import typer
@@ -189,7 +189,7 @@ WhereOpt = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"modelrows {__version__}")
         raise typer.Exit()

@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from .arrowtypes import FieldType, resolve
-from .errors import RowValidationError, SchemaError, SchemaMismatchError, UnknownSchemaError
-from .weights import Weights
+from ._arrowtypes import FieldType, resolve
+from ._errors import RowValidationError, SchemaError, SchemaMismatchError, UnknownSchemaError
+from ._weights import Weights
 
 __all__ = [
     "FORMAT_VERSION",

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .errors import CorruptRowError, SchemaError
-from .weights import (
+from ._errors import CorruptRowError, SchemaError
+from ._weights import (
     ALIGNMENT,
     DTYPE_NAMES,
     FORMAT_DTYPES,
