@@ -77,6 +77,15 @@ class LocalStore:
 
     def _mkdirs(self, directory: Path, *, fsync: bool) -> None:
         """Create ``directory`` and its missing parents below the root, each made durable."""
+        if not self.root.is_dir():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"creating directory {self.root} failed: {exc}. Nothing was written.",
+                    path=str(self.root),
+                    step="mkdir",
+                ) from exc
         missing = []
         d = directory
         while d != self.root and not d.is_dir():
@@ -97,47 +106,10 @@ class LocalStore:
                 ) from exc
 
     def put_if_absent(self, key: str, data: bytes, *, fsync: bool = True) -> bool:
-        # written in place with O_EXCL: readers treat an entry they cannot parse as not there
-        # yet, so a small object needs no temporary file and no link
-        path = self.root / key
-        self._mkdirs(path.parent, fsync=fsync)
-        step = "create"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            raise StorageError(f"creating {path} failed: {exc}", path=str(path), step=step) from exc
-        try:
-            step = "write"
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                step = "fsync"
-                os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise StorageError(
-                f"writing {path} failed at step {step!r}: {exc}. Nothing was written there.",
-                path=str(path),
-                step=step,
-            ) from exc
-        os.close(fd)
-        if fsync:
-            try:
-                fsync_dir(path.parent)
-            except OSError as exc:
-                raise StorageError(
-                    f"writing {path} failed at step 'directory fsync': {exc}. The file is in "
-                    "place but may not be durable yet.",
-                    path=str(path),
-                    step="directory fsync",
-                    visible=True,
-                ) from exc
-        return True
+        def write(f: IO[bytes]) -> None:
+            f.write(data)
+
+        return self.put_stream_if_absent(key, write, fsync=fsync)
 
     def put_stream_if_absent(
         self, key: str, write: Callable[[IO[bytes]], None], *, fsync: bool = True
