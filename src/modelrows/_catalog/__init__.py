@@ -582,13 +582,20 @@ class Catalog:
         if path is None:  # pragma: no cover - remote rows: the object-storage module
             raise CatalogError(f"{self.url}: reading rows from this store is not supported yet")
         try:
-            return read_model_row(path, verify=verify)
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
         except FileNotFoundError:
             raise RowFileError(
                 f"{path}: the row file is gone (removed by hand?); run catalog.verify() to list "
                 "such rows and catalog.reindex() to drop them from the index",
                 path=str(path),
             ) from None
+        if is_link:
+            raise RowFileError(
+                f"{path} is a symbolic link, not a row file the catalog wrote; the catalog never "
+                "follows links (remove it, and run catalog.reindex())",
+                path=str(path),
+            )
+        return read_model_row(path, verify=verify)
 
     # -- queries --------------------------------------------------------------------------------------
     def _columns(self, *, weights: bool = False) -> list[str]:
