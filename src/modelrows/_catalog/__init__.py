@@ -53,7 +53,7 @@ from .._rowfile import (
     verify_row,
 )
 from .._schema import ModelV1, Row, nearest_declared
-from . import _index
+from . import _aliases, _index, _retention  # retention and aliases
 from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
 from ._store import LocalStore, Store
 
@@ -575,7 +575,7 @@ class Catalog:
         if not isinstance(row_id, str):
             raise CatalogError(f"a row id is a string, not {type(row_id).__name__}")
         self._ensure_index()
-        entry = self._index.lookup(row_id)
+        entry = self._lookup_entry(row_id)  # a row id, or an alias name resolved to its row
         if entry is None:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
         return entry
@@ -960,6 +960,112 @@ class Catalog:
         finally:
             close()
         return bad
+
+    # -- retention and aliases ------------------------------------------------------------------------
+    # (thin methods over _retention.py and _aliases.py; docs/training.md has the semantics)
+    def retain(
+        self,
+        *,
+        by: str | None = None,
+        mode: Literal["max", "min"] = "max",
+        keep_top_k: int | None = None,
+        per: Sequence[str] | None = None,
+        keep_last: int | None = None,
+        where: str | None = None,
+        dry_run: bool = False,
+        fsync: bool = True,
+    ) -> list[str]:
+        """Keep the best rows, the latest ones and the aliased ones; delete the rest in one atomic
+        delete. Returns the ids deleted (``dry_run=True``: that would be; nothing is deleted).
+
+        Among the rows ``where`` selects (a SQL condition; all by default), in each group of rows
+        with the same values in the ``per`` columns (the partition columns by default, ``[]`` for
+        one group), keeps the ``keep_top_k`` best by the column ``by`` (highest with
+        ``mode="max"``, lowest with ``"min"``; null and NaN rank last, ties go to the earlier row)
+        and the ``keep_last`` latest; keeps every row an alias points to.
+
+        >>> import tempfile, torch.nn as nn
+        >>> from modelrows import ModelV1, fetch_weights
+        >>> class EpochV1(ModelV1, schema="doc.retain", version=1):
+        ...     run: str
+        ...     accuracy: float
+        >>> catalog = Catalog.create(tempfile.mkdtemp() + "/c", EpochV1, partition_by=["run"])
+        >>> w = fetch_weights(nn.Linear(1, 1))
+        >>> ids = [catalog.append(EpochV1(weights=w, run="a", accuracy=x)) for x in (.5, .9, .7, .6)]
+        >>> catalog.retain(by="accuracy", keep_top_k=2, keep_last=1) == [ids[0]]
+        True
+        """
+        return _retention.retain(
+            self,
+            by=by,
+            mode=mode,
+            keep_top_k=keep_top_k,
+            per=per,
+            keep_last=keep_last,
+            where=where,
+            dry_run=dry_run,
+            fsync=fsync,
+        )
+
+    def alias(
+        self,
+        name: str,
+        row_id: str,
+        *,
+        expected: str | _aliases._NoCheck | None = _aliases.NO_CHECK,
+        fsync: bool = True,
+    ) -> _aliases.Alias:
+        """Point the alias ``name`` to the row ``row_id`` (an existing row; another alias is
+        resolved to its row now); return the new version. ``catalog.get(name)`` then loads it.
+
+        Atomic and safe with concurrent setters: every set creates the next version of the alias
+        (create-if-absent), the latest wins. ``expected=<row id>`` sets it only if it points to
+        that row (``expected=None``: only if it is not set), else raises CatalogError.
+        Names: letters, digits and ``. _ = / % -``, starting with a letter or digit, at most 200
+        characters, never shaped like a row id.
+
+        >>> import tempfile, torch.nn as nn
+        >>> from modelrows import ModelV1, fetch_weights
+        >>> catalog = Catalog.create(tempfile.mkdtemp() + "/c", ModelV1)
+        >>> row_id = catalog.append(ModelV1(weights=fetch_weights(nn.Linear(1, 1))))
+        >>> catalog.alias("production", row_id).sequence
+        1
+        >>> catalog.get("production").row_id == row_id
+        True
+        """
+        return _aliases.set_alias(self, name, row_id, expected=expected, fsync=fsync)
+
+    def unalias(
+        self,
+        name: str,
+        *,
+        expected: str | _aliases._NoCheck | None = _aliases.NO_CHECK,
+        fsync: bool = True,
+    ) -> _aliases.Alias | None:
+        """Remove the alias ``name`` (a tombstone version keeps its history); return that
+        version, or None if it was not set."""
+        return _aliases.remove(self, name, expected=expected, fsync=fsync)
+
+    def aliases(self) -> list[_aliases.Alias]:
+        """Every alias set now: ``Alias(name, row_id, set_at, sequence)``, by name."""
+        return list(_aliases.current_targets(self.store).values())
+
+    def alias_history(self, name: str | None = None) -> list[_aliases.Alias]:
+        """Every version of the alias ``name`` (of every alias when None), oldest first by name;
+        a removal is a version whose ``row_id`` is None."""
+        return _aliases.history(self.store, name)
+
+    def _lookup_entry(self, name: str) -> dict[str, Any] | None:
+        """The index entry of row ``name``, or of the row the alias ``name`` points to."""
+        if _aliases.is_row_id(name):
+            return self._index.lookup(name)
+        target = _aliases.resolve(self, name)
+        if target is None:  # not an alias name either: look it up as given
+            return self._index.lookup(name)
+        entry = self._index.lookup(target)
+        if entry is None:
+            raise _aliases.dangling(name, target, self.url)
+        return entry
 
 
 _Problem = tuple[type[ModelRowsError], str]  # what is wrong with a row file: error class, message
