@@ -59,7 +59,8 @@ STATE_FORMAT = "modelrows.training-state"
 """The ``format`` of the JSON document in the ``training_state`` column (version 1)."""
 _STATE_VERSION = 1
 _JSON_SAFE_INT = 2**53  # integers beyond this are strings: JSON readers other than Python's
-_SECTIONS = ("optimizer", "scheduler", "scaler", "rng", "generators")
+_SECTIONS = ("optimizer", "scheduler", "scaler", "rng", "generators", "extra")
+"""The document's sections; ``extra`` is optional (absent when nothing extra was stored)."""
 
 Generator = torch.Generator | np.random.Generator | np.random.RandomState | random.Random
 """What ``generators={"name": ...}`` takes: a generator the training loop owns (a DataLoader's
@@ -501,6 +502,8 @@ def training_state(
     scaler: Any | None = None,
     generators: Mapping[str, Generator] | None = None,
     rng: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    _extra_path: str = "extra",
 ) -> dict[str, Any]:
     """The state to resume training exactly, as the two columns of :class:`TrainingStateV1`.
 
@@ -513,7 +516,10 @@ def training_state(
     - ``generators``: generators the loop owns by name, e.g. ``{"loader": generator}`` for a
       ``DataLoader(..., shuffle=True, generator=generator)``;
     - ``rng=True`` also stores the global RNGs: python ``random``, numpy, torch CPU, and every
-      CUDA device's when CUDA is available.
+      CUDA device's when CUDA is available;
+    - ``extra``: any further state of the loop, as data (a dict of tensors, numbers, strings,
+      lists, dicts ...), e.g. a framework's checkpoint dict; :func:`read_training_state` returns
+      it under ``"extra"``.
 
     A state holding anything but data (a function, an arbitrary object) raises
     :class:`TrainingStateError` naming it, e.g. ``scheduler.lr_lambdas[0].fn``.
@@ -544,8 +550,26 @@ def training_state(
             raise TrainingStateError(f"generator names are non-empty strings, got {name!r}")
         gens[name] = _encode_generator(gen, enc, f"generators.{name}")
     doc["generators"] = gens
+    if extra is not None:
+        doc["extra"] = enc.encode(_plain(extra), _extra_path)
     text = json.dumps(doc, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     return {"training_tensors": Weights(enc.tensors), "training_state": text}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every dict subclass but OrderedDict and Counter (such as Lightning's
+    ``AttributeDict``) turned into a plain dict, in lists, tuples and dicts."""
+    kind = type(value)
+    if isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        if kind in (collections.OrderedDict, collections.Counter):
+            return kind(items)
+        return items
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is tuple:
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def _document(row: Row) -> tuple[dict[str, Any], Weights]:
@@ -565,7 +589,8 @@ def _document(row: Row) -> tuple[dict[str, Any], Weights]:
 
 def read_training_state(row: Row) -> dict[str, Any]:
     """The training state of ``row`` as plain data: ``{"optimizer": state_dict | None,
-    "scheduler": ..., "scaler": ..., "rng": {...} | None, "generators": {...}}``.
+    "scheduler": ..., "scaler": ..., "rng": {...} | None, "generators": {...}, "extra": ...}``
+    (``extra``: what ``training_state(extra=...)`` stored, or None).
 
     The ``optimizer``/``scheduler``/``scaler`` entries are what their ``state_dict()`` returned
     when the row was saved (tensors are fresh copies), to inspect or compare without the objects.
@@ -581,6 +606,7 @@ def read_training_state(row: Row) -> dict[str, Any]:
         name: decoder.decode(entry, f"generators.{name}").get("state")
         for name, entry in doc["generators"].items()
     }
+    out["extra"] = decoder.decode(doc.get("extra"), "extra")
     return out
 
 
