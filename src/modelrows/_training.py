@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import json
 import math
 import random
+import types
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -175,10 +177,18 @@ class _Encoder:
         return {"$ndarray": name, "dtype": value.dtype.str}
 
 
+_FUNCTIONS = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    functools.partial,
+)
+
+
 def _refusal(value: Any, path: str) -> str:
     kind = type(value)
     what = f"{kind.__module__}.{kind.__qualname__}"
-    if callable(value):
+    if isinstance(value, _FUNCTIONS):
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None) or what
         what = f"a function or callable ({name})"
         hint = (
