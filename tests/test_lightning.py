@@ -111,7 +111,14 @@ def fit(catalog: Catalog, run: str, epochs: int, *, seed: int = 0, ckpt_path: st
     return model, t, callback
 
 
-def test_resume_from_a_catalog_row_matches_an_uninterrupted_run(catalog: Catalog) -> None:
+def test_resume_from_a_catalog_row_matches_an_uninterrupted_run(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.save/torch.load (pickle) was called")
+
+    monkeypatch.setattr(torch, "save", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
     straight, straight_trainer, straight_cb = fit(catalog, "straight", EPOCHS)
     fit(catalog, "resumed", STOP_AFTER)  # the interrupted run ...
     # ... resumed by a fresh trainer and model, from another seed: every state from the row
