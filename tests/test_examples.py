@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from modelrows import Catalog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +55,23 @@ def test_digits_example_rejects_bad_arguments(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--epochs must be at least 1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_digits_lightning_example_resumes_from_a_row_bit_for_bit(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    cat = tmp_path / "catalog"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "digits_lightning.py"), "--catalog", str(cat),
+         "--epochs", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "The resumed run matches the uninterrupted one bit for bit" in proc.stdout
+    assert "loaded into the plain model without Lightning" in proc.stdout
+    catalog = Catalog.open(cat)
+    rows = catalog.sql("SELECT run, epoch, global_step FROM models ORDER BY run, epoch").fetchall()
+    assert [(run, epoch) for run, epoch, _ in rows] == [("resumed", 0), ("resumed", 1),
+                                                         ("straight", 0), ("straight", 1)]  # fmt: skip
+    assert catalog.get("run=resumed/last").weights == catalog.get("run=straight/last").weights
