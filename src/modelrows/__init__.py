@@ -36,6 +36,7 @@ from ._errors import (
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._catalog._aliases import Alias
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
     from ._schema import FORMAT_VERSION, ModelV1, Row
@@ -55,6 +56,7 @@ _LAZY = {
     "Catalog": "._catalog",
     "CorruptRow": "._catalog",
     "OnCorrupt": "._catalog",
+    "Alias": "._catalog._aliases",
     "LegolasFluxModelV1": "._legolasflux",
     "read_model_row": "._rowfile",
     "write_model_row": "._rowfile",
@@ -93,6 +95,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "FORMAT_VERSION",
+    "Alias",
     "Catalog",
     "CatalogError",
     "Checkpointer",
