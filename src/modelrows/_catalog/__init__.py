@@ -57,7 +57,7 @@ from .._rowfile import (
     verify_row,
     write_atomic,
 )
-from .._schema import ModelV1, Row, nearest_declared
+from .._schema import Row, nearest_declared
 
 __all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 
@@ -163,10 +163,13 @@ class Catalog:
         cls, root: PathLike, row_class: type[Row], *, partition_by: Sequence[str] = ()
     ) -> Catalog:
         """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there)."""
-        if not (isinstance(row_class, type) and issubclass(row_class, ModelV1)):
+        # model rows (ModelV1 and its children), or rows without weights (evaluations, ...)
+        if not (
+            isinstance(row_class, type) and issubclass(row_class, Row) and row_class.__identifier__
+        ):
             raise CatalogError(
-                f"a catalog holds model rows: {row_class!r} does not extend ModelV1 "
-                "(modelrows.model@1)"
+                f"a catalog holds rows of a declared row class (a subclass of ModelV1, or of Row "
+                f"for rows without weights, with schema= and version=); got {row_class!r}"
             )
         if isinstance(partition_by, str):
             raise CatalogError(f"partition_by takes a list of field names, e.g. [{partition_by!r}]")
