@@ -47,7 +47,6 @@ from .._rowfile import (
     MANAGED_COLUMNS,
     PathLike,
     decode_row,
-    read_model_row,
     read_row_file,
     row_writer,
     verify_row,
@@ -591,9 +590,11 @@ class Catalog:
 
         The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
         """
-        return self._read(self._entry(row_id)[PATH], verify=verify)
+        return self._read(row_id, self._entry(row_id)[PATH], verify=verify)
 
-    def _read(self, key: str, *, verify: bool) -> Row:
+    def _read(self, row_id: str, key: str, *, verify: bool) -> Row:
+        """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
+        catalog's columns and the row its name says, checked as every read is."""
         path = self.store.local_path(key)
         if path is None:  # pragma: no cover - remote rows: the object-storage module
             raise CatalogError(f"{self.url}: reading rows from this store is not supported yet")
@@ -611,7 +612,28 @@ class Catalog:
                 "follows links (remove it, and run catalog.reindex())",
                 path=str(path),
             )
-        return read_model_row(path, verify=verify)
+        batch, ctx = read_row_file(path)
+        self._check_belongs(batch, row_id, path)
+        row = decode_row(batch, 0, ctx)
+        if verify:
+            verify_row(row, where=ctx.where)
+        return row
+
+    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
+        if not batch.schema.equals(self.arrow_schema, check_metadata=False):
+            raise CorruptRowError(
+                f"{path}: its columns are not the catalog's ("
+                f"{_schema_difference(batch.schema, self.arrow_schema)}); the file does not "
+                f"belong in {self.url}",
+                path=str(path),
+            )
+        stored = batch.column(0)[0].as_py()
+        if stored != row_id:
+            raise CorruptRowError(
+                f"{path}: its name says row {row_id} but it holds row {stored!r}; was it "
+                "renamed or copied by hand?",
+                path=str(path),
+            )
 
     # -- queries --------------------------------------------------------------------------------------
     def _columns(self, *, weights: bool = False) -> list[str]:
@@ -791,7 +813,7 @@ class Catalog:
         )
         for row_id in self._ids(where=where, order=["row_id"]):
             try:
-                row = self._read(paths[row_id], verify=verify)
+                row = self._read(row_id, paths[row_id], verify=verify)
             except RowFileError as exc:
                 if on_corrupt == "raise":
                     raise
@@ -897,20 +919,7 @@ class Catalog:
         """
         try:
             batch, ctx = read_row_file(path)
-            if not batch.schema.equals(self.arrow_schema, check_metadata=False):
-                raise CorruptRowError(
-                    f"{path}: its columns are not the catalog's ("
-                    f"{_schema_difference(batch.schema, self.arrow_schema)}); the file does not "
-                    f"belong in {self.url}",
-                    path=str(path),
-                )
-            stored = batch.column(0)[0].as_py()
-            if stored != row_id:
-                raise CorruptRowError(
-                    f"{path}: its name says row {row_id} but it holds row {stored!r}; was it "
-                    "renamed or copied by hand?",
-                    path=str(path),
-                )
+            self._check_belongs(batch, row_id, path)
             if verify:
                 verify_row(decode_row(batch, 0, ctx), where=ctx.where)
         except FileNotFoundError:
