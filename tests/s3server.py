@@ -11,6 +11,9 @@ What the layer adds to moto (each is what Amazon S3 does and moto 5 does not, or
 - Faults, armed by a test: answer the next N matching requests with an error status (503
   ``SlowDown``, 500, 412, 409 ...) without running them, or run them and lose the answer
   (the client sees a 500 although the write happened).
+- With ``fast_ranges`` (the benchmark's server, not the tests'), a ranged GET reads only its
+  range of the stored bytes, as S3 does; moto reads the whole object for every range, which
+  makes any parallel ranged reader look slow.
 - ``stop()`` closes the listening socket and every open connection, as a crashed server would;
   ``start()`` again serves the same port with moto's state intact (it lives in this process).
 
@@ -156,8 +159,9 @@ def _drain(environ: dict[str, Any]) -> None:
 class _Layer:
     """The WSGI layer around moto's app (see the module docstring)."""
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApp, *, fast_ranges: bool = False) -> None:
         self.app = app
+        self.fast_ranges = fast_ranges
         self.faults = Faults()
         self.write_lock = threading.Lock()
         self.started: dict[str, float] = {}  # upload id -> when CreateMultipartUpload succeeded
@@ -201,6 +205,10 @@ class _Layer:
             _drain(environ)
             return self._reply(start_response, rule.status, rule.code)
         if rule is None and not request.is_object_write and "uploads" not in request.query:
+            if self.fast_ranges and request.method == "GET" and "range" in headers:
+                served = self._ranged_get(environ, start_response)
+                if served is not None:
+                    return served
             return self.app(environ, start_response)  # reads stream straight through
         if request.is_object_write:
             with self.write_lock:
@@ -214,6 +222,37 @@ class _Layer:
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
             out_headers.append(("Content-Length", str(len(body))))
         start_response(status, out_headers)
+        return [body]
+
+    def _ranged_get(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> list[bytes] | None:
+        """A ranged GET answered in O(range), as S3 does (moto reads the whole object for each
+        range): moto answers the same request as a HEAD (status, headers, conditions), the
+        body comes from the bytes moto stores. None (moto answers) where anything differs."""
+        status, headers, _ = self._call({**environ, "REQUEST_METHOD": "HEAD"})
+        fields = {k.lower(): v for k, v in headers}
+        span = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", fields.get("content-range", ""))
+        if not status.startswith("206") or span is None:
+            return None
+        start, end, total = (int(g) for g in span.groups())
+        try:
+            from moto.core import DEFAULT_ACCOUNT_ID
+            from moto.s3.models import s3_backends
+
+            path = environ["PATH_INFO"].encode("latin-1").decode("utf-8")
+            bucket, name = path.lstrip("/").split("/", 1)
+            key = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, name)
+            if key is None or key.etag != fields.get("etag") or key.size != total:
+                return None
+            with key.lock:
+                key._value_buffer.seek(start)
+                body = key._value_buffer.read(end - start + 1)
+        except Exception:
+            return None
+        if len(body) != end - start + 1:
+            return None
+        start_response(status, headers)
         return [body]
 
     def _fix_initiated(self, request: Request, body: bytes) -> bytes:
@@ -283,8 +322,10 @@ class _Server(ThreadedWSGIServer):
 class S3TestServer:
     """moto's S3 on 127.0.0.1, a free port chosen on the first start and kept on restarts."""
 
-    def __init__(self) -> None:
-        self.layer = _Layer(DomainDispatcherApplication(create_backend_app))
+    def __init__(self, *, fast_ranges: bool = False) -> None:
+        self.layer = _Layer(
+            DomainDispatcherApplication(create_backend_app), fast_ranges=fast_ranges
+        )
         self.port = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -379,7 +420,7 @@ def _worker(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        with S3TestServer() as served:
+        with S3TestServer(fast_ranges="--fast-ranges" in sys.argv) as served:
             print(served.endpoint, flush=True)
             sys.stdin.read()
     else:
