@@ -153,14 +153,14 @@ def test_credentials_in_a_url_are_refused_and_never_echoed() -> None:
 
 
 def test_options_are_checked_by_name_and_type() -> None:
-    store = S3Store.from_options("s3://bucket/p", {"region": "eu-west-1", "max_attempts": 7})
+    store = S3Store.from_url("s3://bucket/p", {"region": "eu-west-1", "max_attempts": 7})
     assert store.url == "s3://bucket/p"
     with pytest.raises(
         StorageError, match=r"unknown S3 option 'endpoint' for s3://bucket/p; known: .*endpoint_url"
     ):
-        S3Store.from_options("s3://bucket/p", {"endpoint": "http://x"})
+        S3Store.from_url("s3://bucket/p", {"endpoint": "http://x"})
     with pytest.raises(StorageError, match="'max_attempts' for s3://bucket/p must be int, not str"):
-        S3Store.from_options("s3://bucket/p", {"max_attempts": "3"})
+        S3Store.from_url("s3://bucket/p", {"max_attempts": "3"})
     with pytest.raises(StorageError, match="outside S3's part sizes"):
         S3Store("s3://bucket/p", part_size=1 * MIB)
 
@@ -597,3 +597,20 @@ def test_no_error_carries_a_secret(
             assert secret not in text
     for store in stores:
         assert SECRET not in repr(store) + store.url and explicit not in repr(store)
+
+
+@pytest.mark.slow
+def test_the_s3_load_benchmark_runs(aws_env: None) -> None:
+    """Its quickest mode, end to end (nothing here looks at a time or a ratio)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    script = HERE.parent / "benchmarks" / "s3_load.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--mb", "8", "--rounds", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "read_all / get_object:" in done.stdout
+    assert "target: read_all >= 0.8x the faster peer, O(range) server:" in done.stdout

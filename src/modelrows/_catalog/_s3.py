@@ -68,7 +68,7 @@ S3_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "part_size": int,
     "read_chunk_size": int,
 }
-"""Options :meth:`S3Store.from_options` accepts, with their types."""
+"""Options :meth:`S3Store.from_url` accepts, with their types."""
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,254}", re.IGNORECASE)
 
@@ -247,8 +247,9 @@ class S3Store:
         self._client_obj: Any = None
 
     @classmethod
-    def from_options(cls, url: str, options: Mapping[str, object] | None = None) -> S3Store:
-        """A store for ``url`` with options from a mapping (``S3_OPTIONS`` names them)."""
+    def from_url(cls, url: str, options: Mapping[str, object] | None = None) -> S3Store:
+        """A store for ``url`` with options from a mapping (``S3_OPTIONS`` names them); what
+        they do not give comes from the AWS environment and configuration files."""
         kwargs: dict[str, Any] = {}
         for name, value in (options or {}).items():
             kind = S3_OPTIONS.get(name)
