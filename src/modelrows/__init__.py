@@ -39,6 +39,14 @@ if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, fo
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
     from ._schema import FORMAT_VERSION, ModelV1, Row
+    from ._training import (
+        Checkpointer,
+        TrainingStateError,
+        TrainingStateV1,
+        read_training_state,
+        restore_training_state,
+        training_state,
+    )
     from ._version import __version__
     from ._weights import LoadReport, TensorEntry, Weights, fetch_weights, load_weights
 
@@ -53,6 +61,12 @@ _LAZY = {
     "FORMAT_VERSION": "._schema",
     "ModelV1": "._schema",
     "Row": "._schema",
+    "Checkpointer": "._training",
+    "TrainingStateError": "._training",
+    "TrainingStateV1": "._training",
+    "read_training_state": "._training",
+    "restore_training_state": "._training",
+    "training_state": "._training",
     "LoadReport": "._weights",
     "TensorEntry": "._weights",
     "Weights": "._weights",
@@ -81,6 +95,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Catalog",
     "CatalogError",
+    "Checkpointer",
     "CommandLineError",
     "CorruptRow",
     "CorruptRowError",
@@ -100,6 +115,8 @@ __all__ = [
     "SchemaMismatchError",
     "StorageError",
     "TensorEntry",
+    "TrainingStateError",
+    "TrainingStateV1",
     "UnknownSchemaError",
     "UnsupportedFeatureError",
     "Weights",
@@ -109,5 +126,8 @@ __all__ = [
     "fetch_weights",
     "load_weights",
     "read_model_row",
+    "read_training_state",
+    "restore_training_state",
+    "training_state",
     "write_model_row",
 ]

@@ -40,6 +40,7 @@ from .._errors import (
     ModelRowsError,
     RowFileError,
     RowNotFoundError,
+    StorageError,
 )
 from .._ipcguard import check_schema_message
 from .._rowfile import (
@@ -352,13 +353,18 @@ class Catalog:
 
         def counted(f: IO[bytes]) -> None:
             write(f)
-            f.flush()
-            try:
-                size[0] = os.fstat(f.fileno()).st_size
-            except (AttributeError, OSError, ValueError):
-                size[0] = f.tell()
+            size[0] = f.tell()
 
-        if not self.store.put_stream_if_absent(key, counted, fsync=fsync):
+        try:
+            created = self.store.put_stream_if_absent(key, counted, fsync=fsync)
+        except StorageError as exc:
+            if exc.visible:  # in place, but not published: take it back
+                with contextlib.suppress(ModelRowsError, OSError):
+                    self.store.delete(key)
+            raise StorageError(
+                str(exc), path=exc.path, step=exc.step, visible=False
+            ) from exc.__cause__
+        if not created:
             raise CatalogError(f"{self.url}/{key} exists already; row ids must be unique")
         return self._index_row(row, row_id, written_at, key, size[0])
 
@@ -392,13 +398,7 @@ class Catalog:
         reader (in any process) once this returns. ``fsync=False`` skips the flushes to stable
         storage (faster; a power loss may then lose recent rows, never tear one).
         """
-        segments = self._check_row(row)
-        self._ensure_index()
-        entry = self._write_row(row, segments, fsync=fsync)
-        row_id = entry.column("row_id")[0].as_py()
-        self._index.publish_add(row_id, entry, fsync=fsync)
-        self._maybe_compact(fsync=fsync)
-        return str(row_id)
+        return self.append_many([row], fsync=fsync)[0]
 
     def append_many(self, rows: Iterable[Row], *, fsync: bool = True) -> list[str]:
         """Append several rows, all or nothing: every row file is written first, then one index
@@ -412,14 +412,30 @@ class Catalog:
         try:
             for row, segs in zip(batch, segments, strict=True):
                 written.append(self._write_row(row, segs, fsync=fsync))
-            entries = pa.concat_tables(written)
+            entries = pa.concat_tables(written) if len(written) > 1 else written[0]
             ids = entries.column("row_id").to_pylist()
             self._index.publish_add(ids[0], entries, fsync=fsync)
-        except BaseException:
-            for table in written:  # never published: take the files back
-                with contextlib.suppress(ModelRowsError, OSError):
-                    self.store.delete(table.column(PATH)[0].as_py())
-            raise
+        except BaseException as exc:
+            visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
+            if not visible:
+                for table in written:  # never published: take the files back
+                    with contextlib.suppress(ModelRowsError, OSError):
+                        self.store.delete(table.column(PATH)[0].as_py())
+            if not isinstance(exc, StorageError):
+                raise
+            n = len(batch)
+            raise StorageError(
+                f"appending {n} row{'s' if n > 1 else ''} to {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                + (
+                    f"The row{'s are' if n > 1 else ' is'} in place but may not be durable yet."
+                    if visible
+                    else f"{'None of the rows was' if n > 1 else 'The row was not'} added."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=visible,
+            ) from exc.__cause__
         self._maybe_compact(fsync=fsync)
         return [str(i) for i in ids]
 
