@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow.ipc as ipc
 import torch
 
 from ._arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, BlobStream, DecodeContext, WeightsType
+from ._atomic import PendingFile
 from ._errors import (
     CorruptRowError,
     ModelRowsError,
@@ -29,7 +29,6 @@ from ._errors import (
     RowCountError,
     RowFileError,
     RowValidationError,
-    StorageError,
     UnknownSchemaError,
 )
 from ._ipcguard import check_row_file
@@ -39,15 +38,12 @@ from ._weights import ALIGNMENT, Weights
 
 __all__ = [
     "MANAGED_COLUMNS",
-    "PendingFile",
     "RowCountError",
     "decode_row",
-    "fsync_dir",
     "prepare_row_file",
     "read_model_row",
     "read_row_file",
     "row_batch",
-    "write_atomic",
     "write_model_row",
 ]
 
@@ -314,90 +310,6 @@ def _serialize(
     for name, key in _blobs(batch).items():
         if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
-
-
-class PendingFile:
-    """A file written and flushed under a temporary name, not yet visible at its final path.
-
-    The temporary name is ``.<final name>.<pid>-<random>.tmp``: it starts with ``.`` and ends with
-    ``.tmp``, so no reader takes it for a row, and ``vacuum`` can tell whether its writer lives.
-    """
-
-    def __init__(self, path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool) -> None:
-        self.path = path
-        self.fsync = fsync
-        self.visible = False  # whether the file is at its final path (commit moved it there)
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
-        self._step("create", self._write, write)
-
-    def _write(self, write: Callable[[IO[bytes]], None]) -> None:
-        with open(self.tmp, "xb") as f:
-            self.step = "write"
-            write(f)
-            self.step = "flush"
-            f.flush()
-            if self.fsync:
-                self.step = "fsync"
-                os.fsync(f.fileno())
-
-    def commit(self, *, replace: bool = True, sync_dir: bool = True) -> None:
-        """Move into place (``replace=False``: hard link, refusing to overwrite), then fsync the
-        directory unless the caller syncs it later."""
-        self._step("rename" if replace else "link", self._commit, replace, sync_dir)
-
-    def _commit(self, replace: bool, sync_dir: bool) -> None:
-        if replace:
-            os.replace(self.tmp, self.path)
-            self.visible = True
-        else:
-            os.link(self.tmp, self.path)
-            self.visible = True
-            self.step = "unlink"
-            os.unlink(self.tmp)
-        if self.fsync and sync_dir:
-            self.step = "directory fsync"
-            fsync_dir(self.path.parent)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
-
-    def _step(self, first: str, fn: Callable[..., None], *args: Any) -> None:
-        self.step = first
-        try:
-            fn(*args)
-        except OSError as exc:
-            self.abort()
-            raise StorageError(
-                f"writing {self.path} failed at step {self.step!r}: {exc}. "
-                + (
-                    "The new file is in place but may not be durable yet."
-                    if self.visible
-                    else "Nothing was written there; the previous content (if any) is intact."
-                ),
-                path=str(self.path),
-                step=self.step,
-                visible=self.visible,
-            ) from exc
-        except BaseException:
-            self.abort()
-            raise
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory, so that a rename or a new entry in it survives a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(
-    path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool = True, replace: bool = True
-) -> None:
-    """Write ``path`` through a temporary file so it is never seen half-written."""
-    PendingFile(path, write, fsync=fsync).commit(replace=replace)
 
 
 def prepare_row_file(

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .._arrowtypes import WEIGHTS_ARROW_TYPE, IntType
+from .._atomic import PendingFile, fsync_dir, write_atomic
 from .._errors import (
     CatalogError,
     CorruptRowError,
@@ -48,14 +49,11 @@ from .._ipcguard import check_schema_message
 from .._rowfile import (
     MANAGED_COLUMNS,
     PathLike,
-    PendingFile,
     decode_row,
-    fsync_dir,
     prepare_row_file,
     read_model_row,
     read_row_file,
     verify_row,
-    write_atomic,
 )
 from .._schema import ModelV1, Row, nearest_declared
 
