@@ -18,7 +18,7 @@ from typing import IO
 import pytest
 
 from modelrows import StorageError
-from modelrows._atomic import PendingFile, create_exclusive, fsync_dir, temp_name, write_atomic
+from modelrows._atomic import PendingFile, create_exclusive, fsync_dir, write_atomic
 
 TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<hex>[0-9a-f]{12})\.tmp$")
 
@@ -28,14 +28,6 @@ def writer(data: bytes) -> Callable[[IO[bytes]], None]:
         f.write(data)
 
     return write
-
-
-def test_temp_name_hides_the_file_and_names_its_writer() -> None:
-    name = temp_name("01ABC.digits.model.arrow")
-    m = TEMP.match(name)
-    assert m is not None, name
-    assert m["name"] == "01ABC.digits.model.arrow" and int(m["pid"]) == os.getpid()
-    assert temp_name("x") != temp_name("x")  # random part: two writers never collide
 
 
 def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Every file modelrows writes goes through here, row files and catalog files alike:
 
 - :class:`PendingFile` writes under a temporary name in the destination's directory (one no
-  reader takes for a row, see :func:`temp_name`), then :meth:`PendingFile.commit` moves it into
+  reader takes for a row, see ``_format.temp_name``), then :meth:`PendingFile.commit` moves it into
   place by ``rename`` (replacing) or hard ``link`` (refusing to replace), and fsyncs the
   directory.
 - :func:`write_atomic` is both in one call.
@@ -18,28 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from ._errors import StorageError
+from ._format import temp_name
 
-__all__ = ["PendingFile", "create_exclusive", "fsync_dir", "temp_name", "write_atomic"]
-
-
-def temp_name(name: str) -> str:
-    """The temporary name under which the file ``name`` is written: ``.<name>.<pid>-<hex>.tmp``.
-
-    It starts with ``.`` and ends with ``.tmp``, so no reader takes it for a row, and the pid
-    tells ``vacuum`` whether its writer may still be alive."""
-    return f".{name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
+__all__ = ["PendingFile", "create_exclusive", "fsync_dir", "write_atomic"]
 
 
 class PendingFile:
     """A file written and flushed under a temporary name, not yet visible at its final path.
 
-    The temporary name is ``.<final name>.<pid>-<random>.tmp`` (:func:`temp_name`): it starts
+    The temporary name is ``.<final name>.<pid>-<random>.tmp`` (``_format.temp_name``): it starts
     with ``.`` and ends with ``.tmp``, so no reader takes it for a row, and ``vacuum`` can tell
     whether its writer lives.
     """

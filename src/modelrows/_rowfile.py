@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from ._arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, BlobStream, DecodeContext, WeightsType
+from ._arrowtypes import BlobPlan, BlobStream, DecodeContext, WeightsType
 from ._atomic import PendingFile
 from ._errors import (
     CorruptRowError,
@@ -31,13 +31,22 @@ from ._errors import (
     RowValidationError,
     UnknownSchemaError,
 )
+from ._format import (
+    ALIGNMENT,
+    FORMAT_VERSION,
+    MAGIC,
+    MANAGED_COLUMNS,
+    METADATA_FORMAT_KEY,
+    METADATA_SCHEMA_KEY,
+    WRITE_ALIGN,
+    is_weights_type,
+)
 from ._ipcguard import check_row_file
 from ._linux import FALLOCATE
-from ._schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
-from ._weights import ALIGNMENT, Weights
+from ._schema import Row, nearest_declared
+from ._weights import Weights
 
 __all__ = [
-    "MANAGED_COLUMNS",
     "RowCountError",
     "decode_row",
     "prepare_row_file",
@@ -47,13 +56,8 @@ __all__ = [
     "write_model_row",
 ]
 
-_MAGIC = b"ARROW1"
 _MIN_FILE = 8 + 8 + 4 + 6  # magic+pad, a schema message at least, footer length, magic
 _WEIGHTS = WeightsType()
-
-
-MANAGED_COLUMNS = ("row_id", "written_at")
-"""Columns a catalog adds to every row file it writes; not fields of any row class."""
 
 
 PathLike = str | os.PathLike[str]
@@ -61,13 +65,6 @@ PathLike = str | os.PathLike[str]
 
 # -- writing -----------------------------------------------------------------------------------------
 
-
-WRITE_ALIGN = 2 << 20
-"""The file is handed to the kernel in writes that start and end at multiples of this (2 MiB, a
-huge page) in the file. A kernel that caches files in large folios (Linux 6.16+ on ext4, XFS ...)
-then keeps a freshly written row in 2 MiB folios, which a reader maps one page-table entry per
-2 MiB: mapping a 200 MB row costs ~0.2 ms instead of ~4 ms (51,200 page faults), unmapping it
-~0.1 ms instead of ~0.6 ms, and copying out of it is faster (fewer TLB misses)."""
 
 _COPY_BELOW = 64 << 10
 """Pieces smaller than this are copied into a staging buffer; larger ones are written from where
@@ -244,7 +241,7 @@ def _blobs(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
     """Weights columns -> (address, size) of their data buffer."""
     out = {}
     for i, f in enumerate(batch.schema):
-        if f.type == WEIGHTS_ARROW_TYPE:
+        if is_weights_type(f.type):
             data = batch.column(i).field("data")
             buf = data.buffers()[2]
             if buf is not None and buf.size:
@@ -377,8 +374,8 @@ def _map(path: Path) -> tuple[mmap.mmap, torch.Tensor, pa.Buffer]:
         raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
     finally:
         os.close(fd)
-    if mm[:6] != _MAGIC or mm[-6:] != _MAGIC:
-        missing = "start" if mm[:6] != _MAGIC else "end"
+    if mm[:6] != MAGIC or mm[-6:] != MAGIC:
+        missing = "start" if mm[:6] != MAGIC else "end"
         mm.close()
         raise NotArrowFileError(
             f"{where}: not an Arrow IPC file (the ARROW1 magic is missing at the {missing}); "
@@ -481,7 +478,7 @@ def _decode_column(
     field = cls.__row_fields__.get(f.name)
     if field is not None:
         return field.type.decode(column, index, ctx)
-    if f.type == WEIGHTS_ARROW_TYPE:  # an undeclared weights column still reads as Weights
+    if _WEIGHTS.accepts(f.type):  # an undeclared weights column still reads as Weights
         return _WEIGHTS.decode(column, index, ctx)
     return column[index].as_py()
 

@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from .._arrowtypes import WEIGHTS_ARROW_TYPE, IntType
+from .._arrowtypes import IntType
 from .._atomic import PendingFile, fsync_dir, write_atomic
 from .._errors import (
     CatalogError,
@@ -45,9 +45,24 @@ from .._errors import (
     RowNotFoundError,
     StorageError,
 )
+from .._format import (
+    CATALOG_FILE,
+    CATALOG_FORMAT,
+    CATALOG_FORMAT_VERSION,
+    HIVE_NULL,
+    ROW_ID,
+    ROW_ID_TYPE,
+    WRITTEN_AT,
+    WRITTEN_AT_TYPE,
+    is_temp_name,
+    is_weights_type,
+    managed_fields,
+    parse_row_file_name,
+    parse_temp_name,
+    row_file_name,
+)
 from .._ipcguard import check_schema_message
 from .._rowfile import (
-    MANAGED_COLUMNS,
     PathLike,
     decode_row,
     prepare_row_file,
@@ -59,12 +74,7 @@ from .._schema import ModelV1, Row, nearest_declared
 
 __all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 
-CATALOG_FILE = "_modelrows_catalog.json"
-CATALOG_FORMAT_VERSION = 1
 MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
-_ROW_ID_TYPE = pa.string()
-_WRITTEN_AT_TYPE = pa.timestamp("us", tz="UTC")
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # hive readers take this partition value for None
 _PROGRESS_MIN_ROWS = 1000  # verify() shows a progress bar by default from this many rows
 
 OnCorrupt = Literal["raise", "skip"]
@@ -121,10 +131,6 @@ def _is_regular(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
-
-
-def _is_row_file(name: str) -> bool:
-    return name.endswith(".arrow") and not name.startswith(("_", "."))
 
 
 class Catalog:
@@ -186,7 +192,7 @@ class Catalog:
         target = Path(root)
         file_schema = _file_schema(row_class)
         meta = {
-            "format": "modelrows.catalog",
+            "format": CATALOG_FORMAT,
             "format_version": CATALOG_FORMAT_VERSION,
             "schema": row_class.__qualified__,
             "partition_by": keys,
@@ -236,8 +242,8 @@ class Catalog:
             raise CatalogError(f"cannot read {path}: {exc}") from exc
         try:
             meta = json.loads(raw)
-            if meta.get("format") != "modelrows.catalog":
-                raise ValueError("'format' is not 'modelrows.catalog'")
+            if meta.get("format") != CATALOG_FORMAT:
+                raise ValueError(f"'format' is not {CATALOG_FORMAT!r}")
             version = meta.get("format_version")
             if not isinstance(version, int) or version > CATALOG_FORMAT_VERSION:
                 raise CatalogError(
@@ -285,9 +291,9 @@ class Catalog:
                 )
             if value == "":
                 raise CatalogError(f"partition field {key!r} is empty; give it a value")
-            if value == _HIVE_NULL:
+            if value == HIVE_NULL:
                 raise CatalogError(
-                    f"partition field {key!r} is {_HIVE_NULL!r}, which hive readers take for a "
+                    f"partition field {key!r} is {HIVE_NULL!r}, which hive readers take for a "
                     "missing value; choose another value"
                 )
             segment = _encode_segment(key, value)
@@ -304,10 +310,10 @@ class Catalog:
         self._mkdirs(directory, fsync=fsync)
         row_id = new_row_id()
         managed = {
-            "row_id": (_ROW_ID_TYPE, row_id),
-            "written_at": (_WRITTEN_AT_TYPE, dt.datetime.now(dt.timezone.utc)),
+            ROW_ID: (ROW_ID_TYPE, row_id),
+            WRITTEN_AT: (WRITTEN_AT_TYPE, dt.datetime.now(dt.timezone.utc)),
         }
-        path = directory / f"{row_id}.{self.schema_name}.arrow"
+        path = directory / row_file_name(row_id, self.schema_name)
         return row_id, prepare_row_file(path, row, managed=managed, fsync=fsync)
 
     def _mkdirs(self, directory: Path, *, fsync: bool) -> None:
@@ -407,8 +413,10 @@ class Catalog:
                 if level < depth:
                     if entry.is_dir(follow_symlinks=False) and "=" in entry.name:
                         walk(Path(entry.path), level + 1)
-                elif _is_row_file(entry.name) and entry.is_file(follow_symlinks=False):
-                    found[entry.name.split(".", 1)[0]] = Path(entry.path)
+                elif (parsed := parse_row_file_name(entry.name)) and entry.is_file(
+                    follow_symlinks=False
+                ):
+                    found[parsed[0]] = Path(entry.path)
 
         walk(self.root, 0)
         self._files = found
@@ -524,7 +532,7 @@ class Catalog:
         ]
 
     def _weight_columns(self) -> set[str]:
-        return {f.name for f in self.arrow_schema if f.type == WEIGHTS_ARROW_TYPE}
+        return {f.name for f in self.arrow_schema if is_weights_type(f.type)}
 
     def scan(self, *, weights: bool = False, on_corrupt: OnCorrupt = "raise") -> pl.LazyFrame:
         """A Polars LazyFrame of every row: all columns but weights (unless asked), with row_id.
@@ -642,7 +650,7 @@ class Catalog:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
             for name in filenames:
-                if not (name.startswith(".") and name.endswith(".tmp")):
+                if not is_temp_name(name):
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -738,18 +746,15 @@ def _progress(
 
 def _file_schema(row_class: type[Row]) -> pa.Schema:
     schema = row_class.arrow_schema()
-    managed = [pa.field("row_id", _ROW_ID_TYPE, nullable=False),
-               pa.field("written_at", _WRITTEN_AT_TYPE, nullable=False)]  # fmt: skip
-    assert [f.name for f in managed] == list(MANAGED_COLUMNS)
-    return pa.schema(managed + list(schema), metadata=schema.metadata)
+    return pa.schema(managed_fields() + list(schema), metadata=schema.metadata)
 
 
 def _writer_alive(tmp_name: str) -> bool:
     """Whether the pid in ``.<name>.<pid>-<hex>.tmp`` is a live process on this machine."""
-    try:
-        pid = int(tmp_name[: -len(".tmp")].rsplit(".", 1)[1].split("-")[0])
-    except (IndexError, ValueError):
+    parsed = parse_temp_name(tmp_name)
+    if parsed is None:
         return False
+    pid = parsed[1]
     if pid == os.getpid():
         return True
     try:
