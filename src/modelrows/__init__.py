@@ -36,9 +36,10 @@ from ._errors import (
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._format import FORMAT_VERSION
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
-    from ._schema import FORMAT_VERSION, ModelV1, Row
+    from ._schema import ModelV1, Row
     from ._training import (
         Checkpointer,
         TrainingStateError,
@@ -58,7 +59,7 @@ _LAZY = {
     "LegolasFluxModelV1": "._legolasflux",
     "read_model_row": "._rowfile",
     "write_model_row": "._rowfile",
-    "FORMAT_VERSION": "._schema",
+    "FORMAT_VERSION": "._format",
     "ModelV1": "._schema",
     "Row": "._schema",
     "Checkpointer": "._training",

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pyarrow as pa
 
-from .._arrowtypes import WEIGHTS_ARROW_TYPE, IntType, WeightsType
+from .._arrowtypes import IntType, WeightsType
 from .._errors import (
     CatalogError,
     CorruptRowError,
@@ -42,9 +42,21 @@ from .._errors import (
     RowNotFoundError,
     StorageError,
 )
+from .._format import (
+    CATALOG_FILE,
+    CATALOG_FORMAT,
+    CATALOG_FORMAT_VERSION,
+    HIVE_NULL,
+    MANAGED_COLUMNS,
+    ROW_ID_TYPE,
+    WRITTEN_AT_TYPE,
+    is_row_file_name,
+    is_weights_type,
+    managed_fields,
+    row_file_name,
+)
 from .._ipcguard import check_schema_message
 from .._rowfile import (
-    MANAGED_COLUMNS,
     PathLike,
     decode_row,
     read_row_file,
@@ -63,13 +75,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 
-CATALOG_FILE = "_modelrows_catalog.json"
-CATALOG_FORMAT_VERSION = 2  # 2: the catalog has an index (_index/); 1: row files alone
 MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
 _MAX_DESCRIPTION_BYTES = 1 << 20
-_ROW_ID_TYPE = pa.string()
-_WRITTEN_AT_TYPE = pa.timestamp("us", tz="UTC")
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # hive readers take this partition value for None
 _PROGRESS_MIN_ROWS = 1000  # verify() and reindex() show a progress bar by default from here
 _SLOW_NOTICE_S = 1.0  # building an index that takes longer says so on stderr
 
@@ -90,10 +97,6 @@ class CorruptRow(NamedTuple):
 
 def _encode_segment(key: str, value: object) -> str:
     return f"{key}={urllib.parse.quote(str(value), safe='')}"
-
-
-def _is_row_file(name: str) -> bool:
-    return name.endswith(".arrow") and not name.startswith(("_", "."))
 
 
 def _description_error(path: object, problem: str) -> CatalogError:
@@ -133,7 +136,7 @@ def _parse_description(raw: bytes, path: object) -> dict[str, Any]:
         raise _description_error(path, f"not JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise _description_error(path, f"a JSON {type(meta).__name__}, not an object")
-    if meta.get("format") != "modelrows.catalog":
+    if meta.get("format") != CATALOG_FORMAT:
         raise _description_error(path, "'format' is not 'modelrows.catalog'")
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -221,7 +224,7 @@ class Catalog:
         self.arrow_schema: pa.Schema = meta["_arrow_schema"]
         self.format_version: int = meta["format_version"]
         self.schema_name = self.schema.split(">")[0].split("@")[0]
-        self._weights = frozenset(f.name for f in self.arrow_schema if f.type == WEIGHTS_ARROW_TYPE)
+        self._weights = frozenset(f.name for f in self.arrow_schema if is_weights_type(f.type))
         self._index = Index(store, _index.index_schema(self.arrow_schema, self._weights))
         self._local = threading.local()  # one DuckDB connection per thread
         self._indexed = False
@@ -259,7 +262,7 @@ class Catalog:
         store = open_store(root)
         file_schema = _file_schema(row_class)
         meta = {
-            "format": "modelrows.catalog",
+            "format": CATALOG_FORMAT,
             "format_version": CATALOG_FORMAT_VERSION,
             "schema": row_class.__qualified__,
             "partition_by": keys,
@@ -327,9 +330,9 @@ class Catalog:
                 )
             if value == "":
                 raise CatalogError(f"partition field {key!r} is empty; give it a value")
-            if value == _HIVE_NULL:
+            if value == HIVE_NULL:
                 raise CatalogError(
-                    f"partition field {key!r} is {_HIVE_NULL!r}, which hive readers take for a "
+                    f"partition field {key!r} is {HIVE_NULL!r}, which hive readers take for a "
                     "missing value; choose another value"
                 )
             segment = _encode_segment(key, value)
@@ -345,8 +348,8 @@ class Catalog:
         """Write one row file (not yet visible to queries); return its index row."""
         row_id = new_id()
         written_at = dt.datetime.now(dt.timezone.utc)
-        managed = {"row_id": (_ROW_ID_TYPE, row_id), "written_at": (_WRITTEN_AT_TYPE, written_at)}
-        key = "/".join([*segments, f"{row_id}.{self.schema_name}.arrow"])
+        managed = {"row_id": (ROW_ID_TYPE, row_id), "written_at": (WRITTEN_AT_TYPE, written_at)}
+        key = "/".join([*segments, row_file_name(row_id, self.schema_name)])
         write = row_writer(row, managed=managed)
         size = [0]
 
@@ -372,8 +375,8 @@ class Catalog:
     ) -> pa.Table:
         cls = type(row)
         arrays: list[pa.Array] = [
-            pa.array([row_id], _ROW_ID_TYPE),
-            pa.array([written_at], _WRITTEN_AT_TYPE),
+            pa.array([row_id], ROW_ID_TYPE),
+            pa.array([written_at], WRITTEN_AT_TYPE),
         ]
         checksums = []
         for f in self.arrow_schema:
@@ -558,7 +561,7 @@ class Catalog:
         found: dict[str, str] = {}
         for key, _ in self.store.list(""):
             parts = key.split("/")
-            if len(parts) != depth + 1 or not _is_row_file(parts[-1]):
+            if len(parts) != depth + 1 or not is_row_file_name(parts[-1]):
                 continue
             if any(p.startswith((".", "_")) or "=" not in p for p in parts[:-1]):
                 continue
@@ -1057,7 +1060,4 @@ def _progress(
 
 def _file_schema(row_class: type[Row]) -> pa.Schema:
     schema = row_class.arrow_schema()
-    managed = [pa.field("row_id", _ROW_ID_TYPE, nullable=False),
-               pa.field("written_at", _WRITTEN_AT_TYPE, nullable=False)]  # fmt: skip
-    assert [f.name for f in managed] == list(MANAGED_COLUMNS)
-    return pa.schema(managed + list(schema), metadata=schema.metadata)
+    return pa.schema(managed_fields() + list(schema), metadata=schema.metadata)

@@ -39,11 +39,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._errors import CatalogError, ModelRowsError
+from .._format import INDEX_DIR
 from ._store import Store
 
-LOG = "_index/log/"
-SEGMENTS = "_index/segments/"
-MANIFESTS = "_index/manifests/"
+LOG = f"{INDEX_DIR}/log/"
+SEGMENTS = f"{INDEX_DIR}/segments/"
+MANIFESTS = f"{INDEX_DIR}/manifests/"
 INDEX_FORMAT = "modelrows.index"
 INDEX_FORMAT_VERSION = 1
 

@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
+from .._atomic import PendingFile, fsync_dir
 from .._errors import StorageError
-from .._rowfile import PendingFile, fsync_dir
+from .._format import is_temp_name, parse_temp_name
 
 
 class Store(Protocol):
@@ -183,7 +184,7 @@ class LocalStore:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                if not (name.startswith(".") and name.endswith(".tmp")):
+                if not is_temp_name(name):
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -198,10 +199,10 @@ class LocalStore:
 
 def writer_alive(tmp_name: str) -> bool:
     """Whether the pid in ``.<name>.<pid>-<hex>.tmp`` is a live process on this machine."""
-    try:
-        pid = int(tmp_name[: -len(".tmp")].rsplit(".", 1)[1].split("-")[0])
-    except (IndexError, ValueError):
+    parsed = parse_temp_name(tmp_name)
+    if parsed is None:
         return False
+    pid = parsed[1]
     if pid == os.getpid():
         return True
     try:

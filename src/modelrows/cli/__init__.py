@@ -44,7 +44,8 @@ import pyarrow.compute as pc
 from .._arrowtypes import WEIGHTS_ARROW_TYPE
 from .._catalog import Catalog
 from .._errors import CatalogError, CommandLineError, ModelRowsError
-from .._rowfile import MANAGED_COLUMNS, read_model_row
+from .._format import MANAGED_COLUMNS
+from .._rowfile import read_model_row
 from .._schema import Row, lookup, parse_qualified
 from .._weights import Weights, fetch_weights
 
