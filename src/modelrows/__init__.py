@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, fo
     from ._catalog import Catalog, CorruptRow, OnCorrupt
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
+    from ._safetensors import export_safetensors, import_safetensors
     from ._schema import FORMAT_VERSION, ModelV1, Row
     from ._version import __version__
     from ._weights import LoadReport, TensorEntry, Weights, fetch_weights, load_weights
@@ -50,6 +51,8 @@ _LAZY = {
     "LegolasFluxModelV1": "._legolasflux",
     "read_model_row": "._rowfile",
     "write_model_row": "._rowfile",
+    "export_safetensors": "._safetensors",
+    "import_safetensors": "._safetensors",
     "FORMAT_VERSION": "._schema",
     "ModelV1": "._schema",
     "Row": "._schema",
@@ -106,7 +109,9 @@ __all__ = [
     "WeightsError",
     "WeightsMismatchError",
     "__version__",
+    "export_safetensors",
     "fetch_weights",
+    "import_safetensors",
     "load_weights",
     "read_model_row",
     "write_model_row",

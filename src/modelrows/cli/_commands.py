@@ -1,0 +1,858 @@
+"""The commands. Each imports the library, pyarrow and rich when it runs, never at import time.
+
+The commands use the public API only (``from modelrows import ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .._errors import CatalogError, CommandLineError
+from ._app import (
+    ENV_IMPORT,
+    CatalogArg,
+    CatalogOfTwoArg,
+    CatalogOpt,
+    ColumnOpt,
+    FormatOpt,
+    ModuleOpt,
+    RawOpt,
+    ShowFormat,
+    WhereOpt,
+    app,
+    catalog_and,
+    declare_rows,
+    fail,
+    names_a_file,
+    open_catalog,
+    stderr,
+    stdout,
+    unknown,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from rich.text import Text
+
+    from .. import Catalog, Row, Weights
+
+
+# -- helpers: columns and queries -----------------------------------------------------------------
+
+
+def weights_type(catalog: Catalog) -> pa.DataType:
+    """The Arrow type of a weights column: that of ``weights``, which every model row has."""
+    return catalog.arrow_schema.field("weights").type
+
+
+def columns(catalog: Catalog) -> list[str]:
+    """The catalog's columns but its weights, in stored order (``row_id`` and ``written_at``
+    first, as ``catalog.scan()`` has them)."""
+    wt = weights_type(catalog)
+    return [f.name for f in catalog.arrow_schema if f.type != wt]
+
+
+def check_column(catalog: Catalog, name: str, *, use: str) -> str:
+    """``name`` quoted for SQL, or an error suggesting the nearest columns."""
+    names = columns(catalog)
+    if name not in names:
+        raise unknown(f"cannot {use}", name, names, where=str(catalog.root))
+    return quote(name)
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def query(catalog: Catalog, sql: str) -> pa.Table | None:
+    """Run DuckDB SQL over the catalog; None for a statement that returns no rows."""
+    import duckdb
+
+    relation = catalog.sql(sql)
+    if relation is None:  # a statement without results, though Catalog.sql's hint omits it
+        return None  # type: ignore[unreachable]
+    # newer DuckDB: to_arrow_table() (arrow() became a batch reader); older: arrow() is the table
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    try:
+        table: pa.Table = fetch()
+    except duckdb.Error as exc:  # errors found while running, after the query was accepted
+        raise CatalogError(f"SQL error: {exc}".replace("\n", " ")) from exc
+    return table
+
+
+def _row_id(row: Row) -> str | None:
+    value = row.extras.get("row_id")
+    return value if isinstance(value, str) else None
+
+
+# -- ls, sql, best --------------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls(
+    catalog: CatalogArg = None,
+    where: WhereOpt = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            "-s",
+            metavar="COL",
+            help="Sort by this column (default: row_id).",
+            show_default=False,
+        ),
+    ] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Sort in descending order.")] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", "-n", min=0, metavar="N", help="Show at most N rows.", show_default=False
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+    raw: RawOpt = False,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """List the rows of a catalog, without their weights.
+
+    Rows come oldest first unless `--sort` says otherwise. Every column but the weights is
+    shown, including `row_id` and `written_at`.
+
+    **Examples**
+
+    ```
+    $ modelrows ls
+    $ modelrows ls runs/digits --where "run = 'lr-0.01'" --sort accuracy --desc -n 5
+    $ modelrows ls --format json | jq '.[].accuracy'
+    ```
+    """
+    from ._render import emit_table
+
+    cat = open_catalog(catalog, catalog_opt)
+    order = check_column(cat, sort, use="sort by") if sort else "row_id"
+    sql = f"SELECT {', '.join(quote(c) for c in columns(cat))} FROM models"
+    if where:
+        sql += f" WHERE ({where})"
+    sql += f" ORDER BY {order} {'DESC' if desc else 'ASC'}, row_id"
+    if limit is not None:
+        sql += f" LIMIT {limit}"
+    table = query(cat, sql)
+    assert table is not None
+    total = len(cat)
+    caption = f"{table.num_rows} of {total} rows" if table.num_rows != total else f"{total} rows"
+    emit_table(table, fmt, caption=caption, raw=raw)
+
+
+@app.command("sql")
+def sql(
+    first: CatalogOfTwoArg = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="QUERY",
+            help="DuckDB SQL; the catalog is the table `models`.",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: FormatOpt = None,
+    raw: RawOpt = False,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Run DuckDB SQL over a catalog, where the table `models` holds its rows.
+
+    With one argument it is the query (on the default catalog); with two, the catalog then the
+    query. Weights columns are shown as a summary (tensor count, fingerprint, checksum); use
+    `modelrows export` for the tensors themselves.
+
+    **Examples**
+
+    ```
+    $ modelrows sql "SELECT run, max(accuracy) AS best FROM models GROUP BY run ORDER BY best DESC"
+    $ modelrows sql runs/digits "SELECT row_id, epoch FROM models WHERE commit_sha LIKE 'a1b2%'"
+    ```
+    """
+    from ._render import emit_table
+
+    cat, text = catalog_and(
+        first, second, catalog_opt, what="QUERY", usage='modelrows sql [CATALOG] "SELECT ..."'
+    )
+    table = query(cat, text)
+    if table is not None:
+        emit_table(table, fmt, raw=raw, weights_type=weights_type(cat))
+
+
+@app.command("best")
+def best(
+    catalog: CatalogArg = None,
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by", "-b", metavar="COL", help="The column to rank rows by.", show_default=False
+        ),
+    ] = "accuracy",
+    minimize: Annotated[
+        bool, typer.Option("--min", help="The lowest value wins (e.g. a loss).")
+    ] = False,
+    where: WhereOpt = None,
+    fmt: FormatOpt = None,
+    raw: RawOpt = False,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Print the best row: the highest `--by` value (the lowest with `--min`).
+
+    Rows without a value are skipped; ties go to the earliest row. Exits with status 1 when no
+    row has a value.
+
+    **Examples**
+
+    ```
+    $ modelrows best --by accuracy
+    $ modelrows best runs/digits --by loss --min --where "epoch >= 5" --format json
+    ```
+    """
+    from ._render import emit_record
+
+    cat = open_catalog(catalog, catalog_opt)
+    check_column(cat, by, use="rank by")
+    row = cat.best(by, descending=not minimize, where=where)
+    if row is None:
+        fail(
+            f"no row of {cat.root} has a value for {by!r}" + (f" where {where}" if where else ""),
+            code=1,
+        )
+    values = row.to_dict()  # fields, then the columns its class does not declare
+    emit_record({c: values.get(c) for c in columns(cat)}, fmt, raw=raw)
+
+
+# -- show ----------------------------------------------------------------------------------------
+
+
+def _chain(qualified: str, read_as: type[Row] | None) -> list[dict[str, Any]]:
+    """Each schema of a qualified identifier, and the class declaring it here (if any): the
+    class a row is read as and its ancestors are the declared ones."""
+    declared: dict[str, str] = {}
+    cls = read_as
+    while cls is not None and cls.__identifier__:
+        declared[cls.__identifier__] = f"{cls.__module__}.{cls.__qualname__}"
+        cls = cls.__row_parent__
+    return [{"schema": s, "declared_by": declared.get(s)} for s in qualified.split(">")]
+
+
+def _chain_text(chain: Sequence[Mapping[str, Any]]) -> Text:
+    from rich.text import Text
+
+    text = Text()
+    for i, link in enumerate(chain):
+        if i:
+            text.append(" > ", style="dim")
+        text.append(link["schema"], style="bold" if link["declared_by"] else "")
+    return text
+
+
+def _weights_facts(weights: Weights) -> dict[str, Any]:
+    ties = weights.ties
+    return {
+        "tensors": [
+            {
+                "name": e.name,
+                "dtype": e.dtype,
+                "shape": list(e.shape),
+                "nbytes": e.nbytes,
+                "tied_to": ties.get(e.name),
+            }
+            for e in weights.entries
+        ],
+        "nbytes": weights.nbytes,
+        "fingerprint": weights.fingerprint,
+        "stored_checksum": weights.stored_checksum,
+        "checksum": weights.checksum,
+        "intact": weights.verify(),
+    }
+
+
+def _row_facts(row: Row, *, path: Path | None, types: Mapping[str, str]) -> dict[str, Any]:
+    """Everything ``show`` prints about a row, as plain data."""
+    from .. import Weights
+
+    fields = type(row).__row_fields__
+    head = {"row_id": _row_id(row), "written_at": row.extras.get("written_at")}
+    out_fields = []
+    weights = {}
+    for name, value in row.to_dict().items():  # Weights stay Weights, nested rows become dicts
+        if name in head and name not in fields:
+            continue  # shown at the top
+        field = fields.get(name)
+        if isinstance(value, Weights):
+            weights[name] = _weights_facts(value)
+            value = {k: weights[name][k] for k in ("fingerprint", "checksum")}
+            value = {"tensors": len(weights[name]["tensors"]), **value}
+        out_fields.append(
+            {
+                "name": name,
+                "type": field.type.signature() if field else types.get(name, "?"),
+                "declared_in": field.declared_in if field else None,
+                "value": value,
+            }
+        )
+    return {
+        "path": str(path) if path else None,
+        **head,
+        "schema": row.declared_schema,
+        "chain": _chain(row.declared_schema, type(row)),
+        "read_as": type(row).__qualified__,
+        "fields": out_fields,
+        "weights": weights,
+    }
+
+
+def _print_row(facts: Mapping[str, Any]) -> None:
+    from rich import box
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from ._render import grid, table_cell
+
+    head: list[tuple[str, str | Text]] = [
+        (key, escape(str(facts[key]))) for key in ("row_id", "path") if facts[key]
+    ]
+    if facts["written_at"] is not None:
+        head.append(("written_at", table_cell(facts["written_at"])))
+    head.append(("schema", _chain_text(facts["chain"])))
+    undeclared = [c["schema"] for c in facts["chain"] if not c["declared_by"]]
+    if undeclared:
+        note = (
+            f"read as {facts['read_as']}; not declared in this process: "
+            f"{', '.join(undeclared)} (declare with --module or ${ENV_IMPORT})"
+        )
+        head.append(("", Text(note, style="dim")))
+    fields = Table(box=box.SIMPLE_HEAD, header_style="bold", title="fields", title_justify="left")
+    fields.add_column("name")
+    fields.add_column("type", style="cyan")
+    fields.add_column("value")
+    fields.add_column("declared in", style="dim")
+    for f in facts["fields"]:
+        w = facts["weights"].get(f["name"])
+        if w is not None:
+            value = Text(f"{len(w['tensors'])} tensors, {w['nbytes']:,} bytes", style="dim")
+        else:
+            value = table_cell(f["value"])
+        fields.add_row(escape(f["name"]), escape(f["type"]), value, f["declared_in"] or "-")
+    parts: list[Any] = [grid(head), fields]
+    for name, w in facts["weights"].items():
+        tensors = Table(
+            box=box.SIMPLE_HEAD,
+            header_style="bold",
+            title=f"{name}: {len(w['tensors'])} tensors, {w['nbytes']:,} bytes",
+            title_justify="left",
+        )
+        tensors.add_column("tensor")
+        tensors.add_column("dtype")
+        tensors.add_column("shape")
+        tensors.add_column("bytes", justify="right")
+        for t in w["tensors"]:
+            size = f"tied to {t['tied_to']}" if t["tied_to"] else f"{t['nbytes']:,}"
+            tensors.add_row(escape(t["name"]), t["dtype"], str(tuple(t["shape"])), size)
+        parts.append(tensors)
+        if w["stored_checksum"] is None:
+            state = Text(f"{w['checksum']} (none stored)", style="yellow")
+        elif w["intact"]:
+            state = Text.assemble((w["checksum"], ""), ("  intact", "green"))
+        else:
+            state = Text(
+                f"MISMATCH: stored {w['stored_checksum']}, computed {w['checksum']}",
+                style="bold red",
+            )
+        parts.append(grid([("fingerprint", w["fingerprint"]), ("checksum", state)]))
+    stdout().print(Group(*parts))
+
+
+def _describe_catalog(cat: Catalog) -> dict[str, Any]:
+    wt = weights_type(cat)
+    return {
+        "catalog": str(cat.root),
+        "schema": cat.schema,
+        "chain": _chain(cat.schema, cat.row_class),
+        "partition_by": list(cat.partition_by),
+        "rows": len(cat),
+        "columns": {f.name: "weights" if f.type == wt else str(f.type) for f in cat.arrow_schema},
+    }
+
+
+def _print_catalog(facts: Mapping[str, Any]) -> None:
+    from rich import box
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ._render import grid
+
+    head = grid(
+        [
+            ("catalog", escape(facts["catalog"])),
+            ("schema", _chain_text(facts["chain"])),
+            ("partitioned by", ", ".join(facts["partition_by"]) or "-"),
+            ("rows", str(facts["rows"])),
+        ]
+    )
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title="columns", title_justify="left")
+    table.add_column("name")
+    table.add_column("arrow type", style="cyan")
+    for name, kind in facts["columns"].items():
+        table.add_row(escape(name), escape(kind))
+    stdout().print(Group(head, table))
+
+
+@app.command("show")
+def show(
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PATH|CATALOG",
+            help="A row file, a catalog directory, or (alone) a row id in the default catalog.",
+            show_default=False,
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(metavar="ROW_ID", help="A row of the catalog.", show_default=False),
+    ] = None,
+    fmt: Annotated[
+        ShowFormat,
+        typer.Option("--format", "-f", help="A readable table, or json for scripts."),
+    ] = ShowFormat.table,
+    module: ModuleOpt = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Show one row: its schema chain, fields and values, tensors, fingerprint and checksum.
+
+    `show FILE.arrow` reads a row file; `show CATALOG ROW_ID` a row of a catalog; `show ROW_ID`
+    a row of the default catalog (or of `--catalog`); `show CATALOG` (or no argument) describes
+    the catalog itself. Schemas in bold are declared in this process (see `--module`); a row
+    whose schema is not is read as its nearest declared ancestor, its other columns still shown.
+    The checksum is recomputed over every tensor byte: a mismatch exits with status 1.
+
+    **Examples**
+
+    ```
+    $ modelrows show runs/digits 01JD2ZK7T9X3V6QW8M4N5P0R1S
+    $ modelrows show checkpoints/best.model.arrow --format json
+    $ modelrows show runs/digits
+    ```
+    """
+    from ._render import jsonable
+
+    declare_rows(module or [])
+    catalog: Catalog | None = None
+    if second is not None:
+        catalog, target = catalog_and(
+            first, second, catalog_opt, what="ROW_ID", usage="modelrows show CATALOG ROW_ID"
+        )
+    elif first is None or (catalog_opt is None and Path(first).is_dir()):
+        described = _describe_catalog(open_catalog(first, catalog_opt))
+        if fmt is ShowFormat.json:
+            sys.stdout.write(json.dumps(described, indent=2) + "\n")
+        else:
+            _print_catalog(described)
+        return
+    elif catalog_opt is None and names_a_file(first):
+        target = first
+    else:
+        catalog, target = open_catalog(None, catalog_opt), first
+    if catalog is not None:
+        row = catalog.get(target)
+        path: Path | None = catalog.path_of(_row_id(row) or target)
+        types = {f.name: str(f.type) for f in catalog.arrow_schema}
+    else:
+        from .. import read_model_row
+
+        row, path, types = read_model_row(target), Path(target), {}
+    facts = _row_facts(row, path=path, types=types)
+    if fmt is ShowFormat.json:
+        sys.stdout.write(json.dumps(jsonable(facts), indent=2) + "\n")
+    else:
+        _print_row(facts)
+    if not all(w["intact"] for w in facts["weights"].values()):
+        raise typer.Exit(1)
+
+
+# -- verify, vacuum --------------------------------------------------------------------------------
+
+
+@app.command("verify")
+def verify(catalog: CatalogArg = None, catalog_opt: CatalogOpt = None) -> None:
+    """Re-check every row: file structure, tensor table and the checksum of every byte.
+
+    Shows a progress bar on a terminal. Lists the corrupt rows and exits with status 1 if there
+    are any.
+
+    **Example**
+
+    ```
+    $ modelrows verify runs/digits
+    ```
+    """
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    cat = open_catalog(catalog, catalog_opt)
+    err = stderr()
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("verify", total=None)
+        bad = cat.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
+        total = int(bar.tasks[0].total or 0)
+    out = stdout()
+    if not bad:
+        out.print(f"{total} rows verified in {escape(str(cat.root))}: all intact")
+        return
+    out.print(f"{len(bad)} of {total} rows are corrupt in {escape(str(cat.root))}:")
+    for row_id, _path, problem in bad:
+        out.print(Text.assemble("  ", (row_id, "bold red"), "  ", problem), soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command("vacuum")
+def vacuum(
+    catalog: CatalogArg = None,
+    older_than: Annotated[
+        float,
+        typer.Option(
+            "--older-than",
+            metavar="SECONDS",
+            min=0,
+            help="Also remove temporary files this old even if their writer may still live.",
+        ),
+    ] = 3600.0,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Remove temporary files left in the catalog by writers that crashed.
+
+    A temporary file goes when the process that wrote it is gone, or when it is older than
+    `--older-than`. Rows are never touched.
+
+    **Example**
+
+    ```
+    $ modelrows vacuum runs/digits
+    ```
+    """
+    from rich.markup import escape
+
+    cat = open_catalog(catalog, catalog_opt)
+    removed = cat.vacuum(older_than=older_than)
+    out = stdout()
+    for path in removed:
+        out.print(escape(str(path)), soft_wrap=True)
+    out.print(f"removed {len(removed)} temporary file{'s' if len(removed) != 1 else ''}")
+
+
+# -- plot ------------------------------------------------------------------------------------------
+
+
+@app.command("plot")
+def plot(
+    catalog: CatalogArg = None,
+    x: Annotated[
+        str,
+        typer.Option(
+            "--x", "-x", metavar="COL", help="The column on the x axis.", show_default=False
+        ),
+    ] = "epoch",
+    y: Annotated[
+        str,
+        typer.Option(
+            "--y", "-y", metavar="COL", help="The column on the y axis.", show_default=False
+        ),
+    ] = "accuracy",
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            metavar="COL",
+            help="One line per value of this column (default: the first partition key).",
+            show_default=False,
+        ),
+    ] = None,
+    minimize: Annotated[
+        bool, typer.Option("--min", help="Mark the lowest y as best (a loss).")
+    ] = False,
+    where: WhereOpt = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="The image to write (.png, .svg, .pdf)."
+        ),
+    ] = Path("curves.png"),
+    title: Annotated[
+        str | None, typer.Option("--title", help="The plot's title.", show_default=False)
+    ] = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Plot learning curves: one line per run, the best point starred.
+
+    Needs matplotlib (`pip install 'modelrows[plot]'`). Rows without an x or y value are left
+    out; exits with status 1 when none is left.
+
+    **Example**
+
+    ```
+    $ modelrows plot --x epoch --y accuracy --by run -o curves.png
+    $ modelrows plot runs/digits --y loss --min --where "epoch > 0" -o loss.svg
+    ```
+    """
+    from rich.markup import escape
+
+    from ._plot import draw_curves, short
+    from ._render import is_number
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise CommandLineError(
+            "plot needs matplotlib, which is not installed; install it with: "
+            "pip install 'modelrows[plot]'"
+        ) from None
+    matplotlib.use("Agg")
+    cat = open_catalog(catalog, catalog_opt)
+    group = by if by is not None else (cat.partition_by[0] if cat.partition_by else None)
+    qx, qy = check_column(cat, x, use="plot"), check_column(cat, y, use="plot")
+    qg = check_column(cat, group, use="group by") if group else "NULL"
+    cond = f"{qx} IS NOT NULL AND {qy} IS NOT NULL" + (f" AND ({where})" if where else "")
+    table = query(
+        cat,
+        f"SELECT {qg} AS g, {qx} AS x, {qy} AS y FROM models WHERE {cond} ORDER BY g, x, row_id",
+    )
+    assert table is not None
+    if not is_number(table.schema.field("y").type):
+        raise CommandLineError(
+            f"cannot plot {y!r}: it is {table.schema.field('y').type}, not a number"
+        )
+    series: dict[str, tuple[list[Any], list[Any]]] = {}
+    for g, xv, yv in zip(*(table.column(c).to_pylist() for c in ("g", "x", "y")), strict=True):
+        xs, ys = series.setdefault(y if group is None else str(g), ([], []))
+        xs.append(xv)
+        ys.append(yv)
+    top = cat.best(y, descending=not minimize, where=cond)
+    if top is None:
+        fail(
+            f"nothing to plot: no row of {cat.root} has both {x} and {y}"
+            + (f" where {where}" if where else ""),
+            code=1,
+        )
+    label = y if group is None else str(getattr(top, group))
+    fig = draw_curves(
+        series,
+        (getattr(top, x), getattr(top, y), label),
+        x=x,
+        y=y,
+        by=group,
+        minimize=minimize,
+        title=title or f"{y} by {x}: {cat.root.name}",
+    )
+    try:
+        fig.savefig(output)
+    except (OSError, ValueError) as exc:
+        raise CommandLineError(f"cannot write {output}: {exc}") from exc
+    points = sum(len(xs) for xs, _ in series.values())
+    stdout().print(
+        f"wrote {escape(str(output))}: {len(series)} line{'s' if len(series) != 1 else ''}, "
+        f"{points} points; best {y} {short(getattr(top, y))} (row {_row_id(top)})",
+        soft_wrap=True,
+    )
+
+
+# -- export, import ---------------------------------------------------------------------------------
+
+
+@app.command("export")
+def export(
+    first: CatalogOfTwoArg = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ROW_ID",
+            help="The row to export (alone: a row id of the default catalog, or a row file).",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    to: Annotated[
+        Path,
+        typer.Option("--to", "-o", metavar="FILE", help="The safetensors file to write."),
+    ],
+    column: ColumnOpt = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Write a row's weights to a safetensors file, checksum verified first.
+
+    With one argument it is a row id of the default catalog (or a row file); with two, the
+    catalog then the row id. The file's metadata records the schema, row id, fingerprint and
+    checksum. safetensors cannot share storage, so a tensor tied to another is written as a copy,
+    and the ties are listed in the metadata (`modelrows.ties`) so that `import` re-ties them.
+
+    **Examples**
+
+    ```
+    $ modelrows export 01JD2ZK7T9X3V6QW8M4N5P0R1S --to model.safetensors
+    $ modelrows export runs/digits "$(modelrows best runs/digits -f json | jq -r .row_id)" --to best.safetensors
+    ```
+    """
+    from rich.markup import escape
+
+    from .. import export_safetensors, read_model_row
+
+    if second is None and first is not None and catalog_opt is None and names_a_file(first):
+        row, where = read_model_row(first), first
+    else:
+        cat, row_id = catalog_and(
+            first,
+            second,
+            catalog_opt,
+            what="ROW_ID",
+            usage="modelrows export [CATALOG] ROW_ID --to FILE",
+        )
+        row = cat.get(row_id)
+        where = f"row {_row_id(row) or row_id}"
+    metadata = export_safetensors(row, to, column=column)
+    weights = row.to_dict()[metadata["modelrows.column"]]
+    stdout().print(
+        f"wrote {escape(str(to))}: {len(weights)} tensors, {weights.nbytes:,} bytes from {where}",
+        soft_wrap=True,
+    )
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_sets(pairs: Sequence[str], row_class: type[Row]) -> dict[str, Any]:
+    """``--set key=value`` strings converted to the types of ``row_class``'s fields."""
+    fields = row_class.__row_fields__
+    schema = row_class.arrow_schema()
+    wt = schema.field("weights").type
+    settable = [f.name for f in schema if f.type != wt]
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CommandLineError(f"--set {pair!r}: expected NAME=VALUE, e.g. --set epoch=3")
+        if key in values:
+            raise CommandLineError(f"--set {key} is given twice")
+        if key not in settable:
+            raise CommandLineError(
+                f"--set {key}: {row_class.__name__} has no such field "
+                f"(fields you can set: {', '.join(settable)})"
+            )
+        values[key] = _convert(key, text, schema.field(key).type, fields[key].type.signature())
+    missing = [n for n in settable if fields[n].required and n not in values]
+    if missing:
+        raise CommandLineError(
+            f"{row_class.__name__} needs {', '.join(missing)}: pass "
+            + " ".join(f"--set {n}=..." for n in missing)
+        )
+    return values
+
+
+def _convert(key: str, text: str, arrow_type: pa.DataType, signature: str) -> Any:
+    import pyarrow as pa
+
+    try:
+        if pa.types.is_boolean(arrow_type):
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError("expected true or false")
+        if pa.types.is_integer(arrow_type):
+            return int(text)
+        if pa.types.is_floating(arrow_type):
+            return float(text)
+        if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+            return text
+    except ValueError:
+        raise CommandLineError(f"--set {key}={text}: {key} is {signature}, not {text!r}") from None
+    kind = "a nested row" if pa.types.is_struct(arrow_type) else "not a plain value"
+    raise CommandLineError(
+        f"--set {key}: {key} is {signature}, {kind}; the command line sets only int, float, str "
+        "and bool fields (use the Python API for the others)"
+    )
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="The safetensors file to read.", show_default=False),
+    ],
+    catalog: CatalogArg = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="NAME=VALUE",
+            help="A field of the new row (repeat for several); int, float, str and bool fields.",
+            show_default=False,
+        ),
+    ] = None,
+    module: ModuleOpt = None,
+    column: ColumnOpt = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Append a safetensors file's tensors to the catalog as a new row; print its row id.
+
+    The new row must have the catalog's exact schema, so its row class has to be declared in
+    this process: name the module that declares it with `--module` (or `$MODELROWS_IMPORT`). The
+    current directory is searched first. `--set` fills the other fields, converted to their
+    declared types. Tensors that `modelrows export` untied are tied again.
+
+    **Example**
+
+    ```
+    $ modelrows import model.safetensors runs/digits --module digits_rows \\
+          --set run=finetune --set epoch=0 --set commit_sha=$(git rev-parse HEAD)
+    ```
+    """
+    from rich.markup import escape
+
+    from .. import Weights, import_safetensors
+
+    declare_rows(module or [])
+    cat = open_catalog(catalog, catalog_opt)
+    row_class = cat.row_class
+    if row_class.__qualified__ != cat.schema:
+        missing = [c["schema"] for c in _chain(cat.schema, row_class) if not c["declared_by"]]
+        raise CommandLineError(
+            f"{cat.root} holds {cat.schema} rows, but {', '.join(missing)} is not declared in this "
+            f"process; name the module that declares it: --module my_pkg.rows (or set {ENV_IMPORT})"
+        )
+    values = _parse_sets(sets or [], row_class)
+    row = import_safetensors(file, row_class, values=values, column=column)
+    row_id = cat.append(row)
+    (weights,) = [v for v in row.to_dict().values() if isinstance(v, Weights)]  # others unset
+    stderr().print(
+        f"imported {len(weights)} tensors from {escape(str(file))} into {escape(str(cat.root))}",
+        soft_wrap=True,
+    )
+    sys.stdout.write(row_id + "\n")
