@@ -216,18 +216,30 @@ def best(
     $ modelrows best runs/digits --by loss --min --where "epoch >= 5" --format json
     ```
     """
+    import pyarrow as pa
+
     from ._render import emit_record
 
     cat = open_catalog(catalog, catalog_opt)
-    check_column(cat, by, use="rank by")
-    row = cat.best(by, descending=not minimize, where=where)
-    if row is None:
+    q = check_column(cat, by, use="rank by")
+    # Catalog.best's ranking (nulls and NaN never rank, ties to the earliest row) as one query:
+    # the record printed has no weights, so no row file is opened and torch is never imported
+    cond = f"{q} IS NOT NULL"
+    if pa.types.is_floating(cat.arrow_schema.field(by).type):
+        cond += f" AND NOT isnan({q})"
+    if where:
+        cond += f" AND ({where})"
+    names = ", ".join(quote(c) for c in columns(cat))
+    order = "ASC" if minimize else "DESC"
+    table = query(
+        cat, f"SELECT {names} FROM models WHERE {cond} ORDER BY {q} {order}, row_id LIMIT 1"
+    )
+    if table is None or table.num_rows == 0:
         fail(
             f"no row of {cat.root} has a value for {by!r}" + (f" where {where}" if where else ""),
             code=1,
         )
-    values = row.to_dict()  # fields, then the columns its class does not declare
-    emit_record({c: values.get(c) for c in columns(cat)}, fmt, raw=raw)
+    emit_record(table.to_pylist()[0], fmt, raw=raw)
 
 
 # -- show ----------------------------------------------------------------------------------------
