@@ -36,6 +36,7 @@ from ._errors import (
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._diff import TensorDiff, diff_weights
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
     from ._safetensors import export_safetensors, import_safetensors
@@ -48,6 +49,8 @@ _LAZY = {
     "Catalog": "._catalog",
     "CorruptRow": "._catalog",
     "OnCorrupt": "._catalog",
+    "TensorDiff": "._diff",
+    "diff_weights": "._diff",
     "LegolasFluxModelV1": "._legolasflux",
     "read_model_row": "._rowfile",
     "write_model_row": "._rowfile",
@@ -102,6 +105,7 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "StorageError",
+    "TensorDiff",
     "TensorEntry",
     "UnknownSchemaError",
     "UnsupportedFeatureError",
@@ -109,6 +113,7 @@ __all__ = [
     "WeightsError",
     "WeightsMismatchError",
     "__version__",
+    "diff_weights",
     "export_safetensors",
     "fetch_weights",
     "import_safetensors",

@@ -23,6 +23,7 @@ The metadata (string to string, as safetensors requires) records where the weigh
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import stat
@@ -78,6 +79,17 @@ def _weights_columns(row: Row) -> dict[str, Weights]:
     return {n: v for n, v in row.to_dict().items() if isinstance(v, Weights)}
 
 
+def _where(row: Row) -> str:
+    row_id = row.extras.get("row_id")
+    return f"row {row_id}" if isinstance(row_id, str) else f"the {type(row).__name__} row"
+
+
+def weights_of(row: Row, column: str | None = None) -> Weights:
+    """A row's weights: ``column``, else its ``weights`` column, else its only weights column."""
+    columns = _weights_columns(row)
+    return columns[_choose(list(columns), column, where=_where(row))]
+
+
 def _weights_fields(row_class: type[Row]) -> list[str]:
     from ._schema import ModelV1
 
@@ -89,8 +101,10 @@ def _choose(names: list[str], column: str | None, *, where: str) -> str:
     """The weights column to use: ``column``, else ``weights``, else the only one."""
     if column is not None:
         if column not in names:
+            close = difflib.get_close_matches(column, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise RowValidationError(
-                f"{where} has no weights column {column!r} (weights columns: "
+                f"{where} has no weights column {column!r}{hint} (weights columns: "
                 f"{', '.join(names) or 'none'})"
             )
         return column
@@ -196,7 +210,7 @@ def export_safetensors(
         source = read_model_row(source, verify=True)
     metadata = {"format": "pt"}
     if isinstance(source, Row):
-        where = f"row {source.extras['row_id']}" if "row_id" in source.extras else "the row"
+        where = _where(source)
         columns = _weights_columns(source)
         name = _choose(list(columns), column, where=where)
         weights = columns[name]

@@ -5,6 +5,7 @@ The commands use the public API only (``from modelrows import ...``).
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from ._app import (
     stdout,
     unknown,
 )
+from ._plot import PARENT
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -583,21 +585,59 @@ def vacuum(
 # -- plot ------------------------------------------------------------------------------------------
 
 
+class PlotFormat(str, enum.Enum):
+    """The image formats ``plot`` writes."""
+
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+def _default_x(names: Sequence[str]) -> str:
+    return next((c for c in ("epoch", "step", "global_step") if c in names), "written_at")
+
+
+def _default_y(cat: Catalog, skip: set[str]) -> str | None:
+    """The first float column that is not bookkeeping, a partition key or skipped; else the
+    first integer one."""
+    import pyarrow as pa
+
+    from .. import ModelV1
+
+    skip = skip | set(cat.partition_by) | set(ModelV1.__row_fields__) | {"row_id", PARENT}
+    wt = weights_type(cat)
+    fields = [f for f in cat.arrow_schema if f.name not in skip and f.type != wt]
+    for test in (pa.types.is_floating, pa.types.is_integer):
+        found: str | None = next((f.name for f in fields if test(f.type)), None)
+        if found is not None:
+            return found
+    return None
+
+
 @app.command("plot")
 def plot(
     catalog: CatalogArg = None,
-    x: Annotated[
-        str,
-        typer.Option(
-            "--x", "-x", metavar="COL", help="The column on the x axis.", show_default=False
-        ),
-    ] = "epoch",
     y: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
-            "--y", "-y", metavar="COL", help="The column on the y axis.", show_default=False
+            "--y",
+            "-y",
+            metavar="COL",
+            help="A column to plot (repeat for several, one panel each; default: the first "
+            "numeric column that is not a partition key).",
+            show_default=False,
         ),
-    ] = "accuracy",
+    ] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x",
+            "-x",
+            metavar="COL",
+            help="The column on the x axis (default: epoch, else step, else written_at).",
+            show_default=False,
+        ),
+    ] = None,
     by: Annotated[
         str | None,
         typer.Option(
@@ -607,37 +647,58 @@ def plot(
             show_default=False,
         ),
     ] = None,
+    log_y: Annotated[bool, typer.Option("--log-y", help="A logarithmic y axis.")] = False,
     minimize: Annotated[
-        bool, typer.Option("--min", help="Mark the lowest y as best (a loss).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--min/--max",
+            help="Whether the best point is the lowest or the highest y (default: the lowest "
+            "for names like loss or error, else the highest).",
+            show_default=False,
+        ),
+    ] = None,
     where: WhereOpt = None,
     output: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--output", "-o", metavar="FILE", help="The image to write (.png, .svg, .pdf)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="The image to write (default: curves.png, or curves.FORMAT).",
+            show_default=False,
         ),
-    ] = Path("curves.png"),
+    ] = None,
+    image_format: Annotated[
+        PlotFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="png, svg or pdf (default: from the --output suffix, else png).",
+            show_default=False,
+        ),
+    ] = None,
     title: Annotated[
         str | None, typer.Option("--title", help="The plot's title.", show_default=False)
     ] = None,
     catalog_opt: CatalogOpt = None,
 ) -> None:
-    """Plot learning curves: one line per run, the best point starred.
+    """Plot learning curves: a line per run, a panel per y column, the best points marked.
 
-    Needs matplotlib (`pip install 'modelrows[plot]'`). Rows without an x or y value are left
-    out; exits with status 1 when none is left.
+    Each run's best point is marked, the best of all starred and labelled. A run resumed from
+    another row continues from that row's point (dashed) when the catalog records the row it
+    resumed from in a `parent_row_id` column. Rows without an x or y value are left out; exits
+    with status 1 when none is left. Needs matplotlib (`pip install 'modelrows[plot]'`).
 
-    **Example**
+    **Examples**
 
     ```
-    $ modelrows plot --x epoch --y accuracy --by run -o curves.png
-    $ modelrows plot runs/digits --y loss --min --where "epoch > 0" -o loss.svg
+    $ modelrows plot -o curves.png
+    $ modelrows plot runs/cnn --y val_loss --y accuracy --log-y --where "epoch > 0" -o cnn.svg
     ```
     """
     from rich.markup import escape
 
-    from ._plot import draw_curves, short
-    from ._render import is_number
+    from ._plot import Panel, best_points, draw, lines, lower_is_better, short
 
     try:
         import matplotlib
@@ -647,52 +708,111 @@ def plot(
             "pip install 'modelrows[plot]'"
         ) from None
     matplotlib.use("Agg")
+    kind, path = _image_target(output, image_format)
     cat = open_catalog(catalog, catalog_opt)
+    names = columns(cat)
+    x = x or _default_x(names)
     group = by if by is not None else (cat.partition_by[0] if cat.partition_by else None)
-    qx, qy = check_column(cat, x, use="plot"), check_column(cat, y, use="plot")
+    notes = []
+    if not y:
+        found = _default_y(cat, {x} | ({group} if group else set()))
+        if found is None:
+            raise CommandLineError(
+                f"{cat.root} has no numeric column to plot besides {x}; name one with --y "
+                f"(columns: {', '.join(names)})"
+            )
+        y = [found]
+        notes.append(f"plotting {found}, the first numeric column; choose with --y")
+    qx = check_column(cat, x, use="plot")
+    qys = [check_column(cat, c, use="plot") for c in y]
     qg = check_column(cat, group, use="group by") if group else "NULL"
-    cond = f"{qx} IS NOT NULL AND {qy} IS NOT NULL" + (f" AND ({where})" if where else "")
+    parent = quote(PARENT) if PARENT in names else "NULL"
+    selected = ", ".join(f"{q} AS y{i}" for i, q in enumerate(qys))
+    cond = f"{qx} IS NOT NULL AND ({' OR '.join(f'{q} IS NOT NULL' for q in qys)})"
+    if where:
+        cond += f" AND ({where})"
     table = query(
         cat,
-        f"SELECT {qg} AS g, {qx} AS x, {qy} AS y FROM models WHERE {cond} ORDER BY g, x, row_id",
+        f"SELECT row_id, CAST({qg} AS VARCHAR) AS g, {qx} AS x, {selected}, "
+        f"CAST({parent} AS VARCHAR) AS parent FROM models WHERE {cond} ORDER BY row_id",
     )
     assert table is not None
-    if not is_number(table.schema.field("y").type):
-        raise CommandLineError(
-            f"cannot plot {y!r}: it is {table.schema.field('y').type}, not a number"
-        )
-    series: dict[str, tuple[list[Any], list[Any]]] = {}
-    for g, xv, yv in zip(*(table.column(c).to_pylist() for c in ("g", "x", "y")), strict=True):
-        xs, ys = series.setdefault(y if group is None else str(g), ([], []))
-        xs.append(xv)
-        ys.append(yv)
-    top = cat.best(y, descending=not minimize, where=cond)
-    if top is None:
+    from ._render import is_number
+
+    for i, column in enumerate(y):
+        if not is_number(table.schema.field(f"y{i}").type):
+            raise CommandLineError(
+                f"cannot plot {column!r}: it is {table.schema.field(f'y{i}').type}, not a number"
+            )
+    xtype = table.schema.field("x").type
+    if not (is_number(xtype) or "timestamp" in str(xtype) or "date" in str(xtype)):
+        raise CommandLineError(f"cannot plot against {x!r}: it is {xtype}, not a number or time")
+    rows = table.to_pylist()
+    panels = []
+    for i, column in enumerate(y):
+        points = [
+            {**r, "g": r["g"] if group else column, "y": r[f"y{i}"]}
+            for r in rows
+            if r[f"y{i}"] is not None
+        ]
+        lowest = lower_is_better(column) if minimize is None else minimize
+        segments = lines(points)
+        best, overall = best_points(segments, minimize=lowest)
+        if overall is not None:
+            panels.append(Panel(column, segments, lowest, best, overall))
+    if not panels:
         fail(
-            f"nothing to plot: no row of {cat.root} has both {x} and {y}"
+            f"nothing to plot: no row of {cat.root} has both {x} and {' or '.join(y)}"
             + (f" where {where}" if where else ""),
             code=1,
         )
-    label = y if group is None else str(getattr(top, group))
-    fig = draw_curves(
-        series,
-        (getattr(top, x), getattr(top, y), label),
+    groups = sorted({g for panel in panels for g in panel.best})
+    fig = draw(
+        panels,
+        groups,
         x=x,
-        y=y,
         by=group,
-        minimize=minimize,
-        title=title or f"{y} by {x}: {cat.root.name}",
+        log_y=log_y,
+        title=title or f"{', '.join(y)} by {x}: {cat.root.name}",
     )
     try:
-        fig.savefig(output)
+        fig.savefig(path, format=kind)
     except (OSError, ValueError) as exc:
-        raise CommandLineError(f"cannot write {output}: {exc}") from exc
-    points = sum(len(xs) for xs, _ in series.values())
-    stdout().print(
-        f"wrote {escape(str(output))}: {len(series)} line{'s' if len(series) != 1 else ''}, "
-        f"{points} points; best {y} {short(getattr(top, y))} (row {_row_id(top)})",
-        soft_wrap=True,
-    )
+        raise CommandLineError(f"cannot write {path}: {exc}") from exc
+    for note in notes:
+        stderr().print(f"modelrows: {note}", soft_wrap=True)
+    n_groups = len({s.group for panel in panels for s in panel.segments})
+    n_points = len({p.row_id for panel in panels for s in panel.segments for p in s.points})
+    what = "run" if group else "line"
+    summary = [
+        f"wrote {escape(str(path))}: {n_groups} {what}{'s' if n_groups != 1 else ''}, "
+        f"{n_points} point{'s' if n_points != 1 else ''}"
+    ]
+    for panel in panels:
+        top = panel.overall
+        where_best = f"{group} {top.group}, " if group else ""
+        summary.append(
+            f"{'lowest' if panel.minimize else 'highest'} {panel.y} {short(top.y)} "
+            f"({where_best}{x} {short(top.x)}, row {top.row_id})"
+        )
+    stdout().print("; ".join(summary), soft_wrap=True)
+
+
+def _image_target(output: Path | None, kind: PlotFormat | None) -> tuple[str, Path]:
+    """The image format and file: ``--format`` and the ``--output`` suffix must agree."""
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    known = {f.value for f in PlotFormat}
+    if kind is not None and suffix in known and suffix != kind.value:
+        raise CommandLineError(
+            f"--format {kind.value} but --output {output} ends in .{suffix}; make them agree"
+        )
+    if output is not None and kind is None and suffix not in known:
+        raise CommandLineError(
+            f"--output {output}: cannot tell the image format from its suffix; end it in .png, "
+            ".svg or .pdf, or pass --format"
+        )
+    chosen = kind.value if kind is not None else (suffix or "png")
+    return chosen, output if output is not None else Path(f"curves.{chosen}")
 
 
 # -- export, import ---------------------------------------------------------------------------------
