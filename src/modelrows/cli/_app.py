@@ -11,6 +11,7 @@ import enum
 import importlib
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -309,6 +310,12 @@ def catalog_and(
         )
     if first is None:
         raise CommandLineError(f"missing {what}; usage: {usage}")
+    if second is not None and not Path(first).exists() and _misplaced(first) == "a query":
+        command = usage.split()[1]
+        raise CommandLineError(
+            f"{first!r} looks like a query, not a catalog directory; the catalog comes first: "
+            f"modelrows {command} {shlex.quote(second)} {shlex.quote(first)}"
+        )
     if second is None:
         return open_catalog(None, option, usage=usage), first
     return open_catalog(first, None, usage=usage), second

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +25,7 @@ from ._app import (
     ModuleOpt,
     RawOpt,
     ShowFormat,
+    SqlError,
     WhereOpt,
     app,
     catalog_and,
@@ -34,6 +35,7 @@ from ._app import (
     open_catalog,
     stderr,
     stdout,
+    suggest,
     unknown,
 )
 from ._plot import PARENT
@@ -73,18 +75,25 @@ def quote(name: str) -> str:
 
 
 def query(catalog: Catalog, sql: str) -> pa.Table | None:
-    """Run DuckDB SQL over the catalog; None for a statement that returns no rows."""
+    """Run DuckDB SQL over the catalog; None for a statement that returns no rows.
+
+    DuckDB's errors keep their lines: a syntax error's caret points at a column of the line
+    above it."""
     import duckdb
 
-    relation = catalog.sql(sql)
-    if relation is None:  # a statement without results, though Catalog.sql's hint omits it
-        return None  # type: ignore[unreachable]
-    # newer DuckDB: to_arrow_table() (arrow() became a batch reader); older: arrow() is the table
-    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     try:
+        relation = catalog.sql(sql)
+        if relation is None:  # a statement without results, though Catalog.sql's hint omits it
+            return None  # type: ignore[unreachable]
+        # newer DuckDB: to_arrow_table() (arrow() became a batch reader); older: arrow() is it
+        fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
         table: pa.Table = fetch()
-    except duckdb.Error as exc:  # errors found while running, after the query was accepted
-        raise CatalogError(f"SQL error: {exc}".replace("\n", " ")) from exc
+    except duckdb.Error as exc:  # found while running, after the query was accepted
+        raise SqlError(f"SQL error: {exc}") from exc
+    except CatalogError as exc:
+        if isinstance(exc.__cause__, duckdb.Error):  # the catalog's wrapping flattens the lines
+            raise SqlError(f"SQL error: {exc.__cause__}") from exc
+        raise
     return table
 
 
@@ -141,7 +150,7 @@ def ls(
     sql = f"SELECT {', '.join(quote(c) for c in columns(cat))} FROM models"
     if where:
         sql += f" WHERE ({where})"
-    sql += f" ORDER BY {order} {'DESC' if desc else 'ASC'}, row_id"
+    sql += f" ORDER BY {order} {'DESC' if desc else 'ASC'}" + (", row_id" if sort else "")
     if limit is not None:
         sql += f" LIMIT {limit}"
     table = query(cat, sql)
@@ -870,13 +879,28 @@ def export(
     metadata = export_safetensors(row, to, column=column)
     weights = row.to_dict()[metadata["modelrows.column"]]
     stdout().print(
-        f"wrote {escape(str(to))}: {len(weights)} tensors, {weights.nbytes:,} bytes from {where}",
+        f"exported {where} to {escape(str(to))}: {len(weights)} tensors, {weights.nbytes:,} bytes"
+        + (f" (column {metadata['modelrows.column']})" if column else ""),
         soft_wrap=True,
     )
 
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+
+def _plain_type(arrow_type: pa.DataType) -> bool:
+    """Whether ``--set`` can give a value of this type: bool, int, float or str."""
+    import pyarrow as pa
+
+    t = pa.types
+    return bool(
+        t.is_boolean(arrow_type)
+        or t.is_integer(arrow_type)
+        or t.is_floating(arrow_type)
+        or t.is_string(arrow_type)
+        or t.is_large_string(arrow_type)
+    )
 
 
 def _parse_sets(pairs: Sequence[str], row_class: type[Row]) -> dict[str, Any]:
@@ -895,17 +919,29 @@ def _parse_sets(pairs: Sequence[str], row_class: type[Row]) -> dict[str, Any]:
             raise CommandLineError(f"--set {key} is given twice")
         if key not in settable:
             raise CommandLineError(
-                f"--set {key}: {row_class.__name__} has no such field "
+                f"--set {key}: {row_class.__name__} has no such field{suggest(key, settable)} "
                 f"(fields you can set: {', '.join(settable)})"
             )
         values[key] = _convert(key, text, schema.field(key).type, fields[key].type.signature())
     missing = [n for n in settable if fields[n].required and n not in values]
+    unsettable = [n for n in missing if not _plain_type(schema.field(n).type)]
+    if unsettable:
+        kinds = ", ".join(f"{n} ({fields[n].type.signature()})" for n in unsettable)
+        raise CommandLineError(
+            f"{row_class.__name__} needs {kinds}, which the command line cannot set (it sets "
+            "int, float, str and bool fields); import with the Python API: "
+            "modelrows.import_safetensors(path, row_class, values={...})"
+        )
     if missing:
         raise CommandLineError(
             f"{row_class.__name__} needs {', '.join(missing)}: pass "
             + " ".join(f"--set {n}=..." for n in missing)
         )
     return values
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
 
 
 def _convert(key: str, text: str, arrow_type: pa.DataType, signature: str) -> Any:
@@ -927,7 +963,7 @@ def _convert(key: str, text: str, arrow_type: pa.DataType, signature: str) -> An
     kind = "a nested row" if pa.types.is_struct(arrow_type) else "not a plain value"
     raise CommandLineError(
         f"--set {key}: {key} is {signature}, {kind}; the command line sets only int, float, str "
-        "and bool fields (use the Python API for the others)"
+        "and bool fields (use the Python API for the others: modelrows.import_safetensors)"
     )
 
 
@@ -984,7 +1020,222 @@ def import_(
     row_id = cat.append(row)
     (weights,) = [v for v in row.to_dict().values() if isinstance(v, Weights)]  # others unset
     stderr().print(
-        f"imported {len(weights)} tensors from {escape(str(file))} into {escape(str(cat.root))}",
+        f"imported {escape(str(file))} to {escape(str(cat.root))} as row {row_id}: "
+        f"{len(weights)} tensors, {weights.nbytes:,} bytes",
         soft_wrap=True,
     )
     sys.stdout.write(row_id + "\n")
+
+
+# -- diff ------------------------------------------------------------------------------------------
+
+
+def _resolve_row(catalog: Catalog | None, spec: str) -> tuple[Row, str]:
+    """A row given by id (anything ``catalog.get`` accepts) or, without a catalog, a row file."""
+    if catalog is None:
+        from .. import read_model_row
+
+        return read_model_row(spec), spec
+    row = catalog.get(spec)
+    row_id = _row_id(row)
+    return row, (spec if row_id in (None, spec) else f"{spec} ({row_id})")
+
+
+def _fmt_shape(shape: Sequence[int] | None) -> str:
+    return (
+        "-"
+        if shape is None
+        else "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    )
+
+
+def _change(a: Any, b: Any, render: Callable[[Any], str]) -> str:
+    """A value, or ``a -> b`` when it changed (one side only: that side's)."""
+    if a is None or b is None:
+        return render(a if b is None else b)
+    return render(a) if a == b else f"{render(a)} -> {render(b)}"
+
+
+def _floating(d: Any) -> bool:
+    return all(t.startswith(("float", "bfloat", "complex")) for t in (d.dtype_a, d.dtype_b))
+
+
+def _percent(v: float | None) -> str:
+    if v is None:
+        return "-"
+    p = 100 * v
+    return f"{p:.3g}%" if p < 1000 else f"{p:,.0f}%"
+
+
+_STATUS = {"same": "same", "changed": "changed", "shape": "shape", "only_a": "only in A",
+           "only_b": "only in B"}  # fmt: skip
+
+
+@app.command("diff")
+def diff(
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[CATALOG] A",
+            help="The row before: a row id (with two arguments, of the default catalog) or a "
+            "row file.",
+            show_default=False,
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(metavar="B", help="The row after.", show_default=False),
+    ] = None,
+    third: Annotated[
+        str | None,
+        typer.Argument(metavar="", help="With three arguments: CATALOG A B.", show_default=False),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top",
+            "-n",
+            min=1,
+            metavar="N",
+            help="Only the N tensors that changed most (by relative change).",
+            show_default=False,
+        ),
+    ] = None,
+    column: ColumnOpt = None,
+    fmt: FormatOpt = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Compare two rows' weights tensor by tensor: which layers moved, and how far.
+
+    For each tensor: shape and dtype (and their changes), the L2 distance `||B - A||`, the
+    relative change `||B - A|| / ||A||`, the largest absolute difference of one element, and the
+    cosine similarity of A and B; tensors only in one row are listed. Computed in bounded memory
+    from the mapped row files, a chunk at a time. `--top N` shows the N floating-point tensors that changed most, relative to their size.
+
+    With two arguments they are rows of the default catalog (or of `--catalog`), or row files;
+    with three, the catalog then the two rows.
+
+    **Examples**
+
+    ```
+    $ modelrows diff 01JD2ZK7T9X3V6QW8M4N5P0R1S 01JD2ZMA0C7J4B5R8T1V6W2X3Y --top 5
+    $ modelrows diff runs/digits "$(modelrows best runs/digits -f json | jq -r .row_id)" 01JD2ZMA0C7J4B5R8T1V6W2X3Y -f json
+    ```
+    """
+    import math
+
+    from .. import diff_weights
+    from ._app import Format
+    from ._render import emit_table, jsonable, resolve_format
+
+    usage = "modelrows diff [CATALOG] A B"
+    given = [a for a in (first, second, third) if a is not None]
+    if len(given) < 2:
+        raise CommandLineError(f"diff needs two rows; usage: {usage}")
+    catalog: Catalog | None = None
+    if len(given) == 3:
+        catalog, _ = catalog_and(given[0], given[1], catalog_opt, what="A", usage=usage)
+        a_spec, b_spec = given[1], given[2]
+    else:
+        a_spec, b_spec = given
+        if catalog_opt is not None or not (names_a_file(a_spec) and names_a_file(b_spec)):
+            catalog = open_catalog(None, catalog_opt)
+    row_a, name_a = _resolve_row(catalog, a_spec)
+    row_b, name_b = _resolve_row(catalog, b_spec)
+    diffs = diff_weights(row_a, row_b, column=column)
+
+    # integer and bool tensors (step counters, masks) are listed but neither summed nor ranked
+    compared = [d for d in diffs if d.status in ("same", "changed") and _floating(d)]
+    d2 = sum((d.l2 or 0.0) ** 2 for d in compared)
+    a2 = sum((d.norm_a or 0.0) ** 2 for d in compared)
+    counts = {s: sum(d.status == s for d in diffs) for s in _STATUS}
+    summary = {
+        "tensors": len(diffs),
+        **counts,
+        "l2": math.sqrt(d2),
+        "relative": math.sqrt(d2 / a2) if a2 > 0 else None,
+    }
+    shown = diffs
+    if top is not None:
+        moved = [d for d in compared if d.status == "changed"]
+        moved.sort(
+            key=lambda d: (-(d.relative if d.relative is not None else math.inf), -(d.l2 or 0))
+        )
+        shown = moved[:top]
+
+    fmt = resolve_format(fmt)
+    if fmt is Format.json:
+        out = {
+            "a": name_a,
+            "b": name_b,
+            "summary": summary,
+            "tensors": [d._asdict() for d in shown],
+        }
+        sys.stdout.write(json.dumps(jsonable(out), indent=2) + "\n")
+        return
+    if fmt is Format.csv:
+        import pyarrow as pa
+
+        rows = [
+            {**d._asdict(), "shape_a": _fmt_shape(d.shape_a), "shape_b": _fmt_shape(d.shape_b)}
+            for d in shown
+        ]
+        names = list(diffs[0]._asdict()) if diffs else ["name"]
+        emit_table(pa.Table.from_pylist(rows) if rows else pa.table({n: [] for n in names}), fmt)
+        return
+    _print_diff(shown, summary, name_a, name_b, top=top)
+
+
+def _print_diff(
+    shown: Sequence[Any], summary: Mapping[str, Any], name_a: str, name_b: str, *, top: int | None
+) -> None:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from ._render import grid
+
+    def num(v: float | None, spec: str = ".4g") -> Text:
+        return Text("-", style="dim") if v is None else Text(format(v, spec))
+
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for name, right in [("tensor", False), ("shape", False), ("dtype", False), ("status", False),
+                        ("||B-A||", True), ("relative", True), ("max |B-A|", True),
+                        ("cosine", True)]:  # fmt: skip
+        table.add_column(name, justify="right" if right else "left", no_wrap=True)
+    for d in shown:
+        style = {"same": "dim", "shape": "yellow", "only_a": "yellow", "only_b": "yellow"}.get(
+            d.status, ""
+        )
+        table.add_row(
+            escape(d.name),
+            _change(d.shape_a, d.shape_b, _fmt_shape),
+            _change(d.dtype_a, d.dtype_b, str),
+            Text(_STATUS[d.status], style=style),
+            num(d.l2),
+            Text(_percent(d.relative), style="dim" if d.relative is None else ""),
+            num(d.max_abs),
+            num(d.cosine, ".6f"),
+        )
+    counts = ", ".join(f"{summary[s]} {_STATUS[s]}" for s in _STATUS if summary[s])
+    overall = summary["relative"]
+    head = grid(
+        [
+            ("A", escape(name_a)),
+            ("B", escape(name_b)),
+            ("tensors", f"{summary['tensors']}: {counts}"),
+            ("overall", f"||B-A|| {summary['l2']:.4g}"
+             + ("" if overall is None else f", {_percent(overall)} of ||A|| (floating-point tensors)")),
+        ]
+    )  # fmt: skip
+    console = stdout()
+    console.print(head)
+    if top is not None:
+        console.print(
+            Text(
+                f"\nthe {len(shown)} floating-point tensors that changed most (relative change)",
+                style="bold",
+            )
+        )
+    console.print(table)
