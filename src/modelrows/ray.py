@@ -78,7 +78,7 @@ def _open(catalog: CatalogLike) -> Catalog:
 
 def _location(catalog: CatalogLike) -> str:
     """What a worker passes to Catalog.open to open the same catalog (a path or a URL)."""
-    where = os.fspath(catalog.root if isinstance(catalog, Catalog) else catalog)
+    where = catalog.url if isinstance(catalog, Catalog) else os.fspath(catalog)
     return where if "://" in where else os.path.abspath(where)  # workers have their own cwd
 
 
@@ -101,8 +101,8 @@ def _metadata(catalog: Catalog, *, where: str | None, columns: Sequence[str] | N
     wanted = list(available if columns is None else columns)
     if unknown := [c for c in wanted if c not in available]:
         raise CatalogError(
-            f"no column {', '.join(map(repr, unknown))} without weights in {catalog.root} "
-            f"(columns: {', '.join(available)})"
+            f"{catalog.root} has no column {', '.join(map(repr, unknown))} to read (its columns "
+            f"without weights: {', '.join(available)})"
         )
     if "row_id" not in wanted:
         wanted.insert(0, "row_id")
