@@ -102,7 +102,7 @@ def linear_row(
 
 def corrupt_tensor_byte(catalog: Catalog, row_id: str) -> None:
     """Change the MARK weight's bytes in the row file: the file stays readable, its checksum fails."""
-    (path,) = catalog.root.rglob(f"{row_id}.*.arrow")
+    path = catalog.path_of(row_id)
     data = bytearray(path.read_bytes())
     at = data.find(np.float32(MARK).tobytes())
     assert at > 0
@@ -122,14 +122,18 @@ def test_map_checkpoints_appends_one_result_per_row_and_reports_the_rows_that_fa
     ]
     corrupt = models.append(linear_row("a", 3, mark=True))
     unfit = models.append(linear_row("b", 6, shape=(3, 2)))  # no longer fits version 1
+    truncated = models.append(linear_row("b", 7))
     expected = sequential(models, good)
     corrupt_tensor_byte(models, corrupt)
+    path = models.path_of(truncated)
+    path.write_bytes(path.read_bytes()[:300])  # its index entry stays: only a worker finds out
+    everything = sorted([*good, corrupt, unfit, truncated])
 
     meta = mr.read_catalog(models)
     assert "weights" not in meta.columns()
     assert {"row_id", "run", "step", "architecture_version"} <= set(meta.columns())
-    assert sorted(r["row_id"] for r in meta.take_all()) == sorted([*good, corrupt, unfit])
-    assert mr.read_catalog(models, where="run = 'b' AND step > 4").count() == 2
+    assert sorted(r["row_id"] for r in meta.take_all()) == everything
+    assert mr.read_catalog(models, where="run = 'b' AND step > 4").count() == 3
 
     results = Catalog.create(tmp_path / "evals", LinEvalV1)
     done = mr.map_checkpoints(
@@ -143,7 +147,7 @@ def test_map_checkpoints_appends_one_result_per_row_and_reports_the_rows_that_fa
     )
 
     frame = results.scan().collect()
-    assert sorted(frame["model_row_id"].to_list()) == sorted([*good, corrupt, unfit])  # once each
+    assert sorted(frame["model_row_id"].to_list()) == everything  # once each
     stored = {r.model_row_id: r for r in results.rows()}
     returned = {r["row_id"]: r for r in done.take_all()}
     assert returned.keys() == stored.keys()
@@ -159,6 +163,8 @@ def test_map_checkpoints_appends_one_result_per_row_and_reports_the_rows_that_fa
     assert f"{corrupt}.raytest.linear.arrow" in stored[corrupt].error  # names the file
     assert stored[unfit].error.startswith("WeightsMismatchError: ")
     assert returned[unfit]["error"] == stored[unfit].error
+    assert stored[truncated].error.startswith("NotArrowFileError: ")
+    assert str(models.path_of(truncated)) in stored[truncated].error
 
 
 def test_map_checkpoints_without_results_returns_columns_and_errors(

@@ -94,8 +94,10 @@ def _metadata_columns(catalog: Catalog) -> list[str]:
 def _metadata(catalog: Catalog, *, where: str | None, columns: Sequence[str] | None) -> pa.Table:
     """The metadata rows matching ``where``, oldest first, as one Arrow table (no weights).
 
-    The one place that reads the catalog for Ray: when the catalog keeps a Parquet index, this
-    becomes ray.data.read_parquet over the index's files (the driver then reads nothing).
+    The one place that reads the catalog for Ray, from its index (catalog.sql opens no row
+    file). Ray could read the index's Parquet files itself (catalog.index_files()), were the rows
+    appended or deleted since the last compaction (the index's log) not needed too; that switch
+    is here alone.
     """
     available = _metadata_columns(catalog)
     wanted = list(available if columns is None else columns)
