@@ -103,7 +103,7 @@ def _metadata(catalog: Catalog, *, where: str | None, columns: Sequence[str] | N
     wanted = list(available if columns is None else columns)
     if unknown := [c for c in wanted if c not in available]:
         raise CatalogError(
-            f"{catalog.root} has no column {', '.join(map(repr, unknown))} to read (its columns "
+            f"{catalog.url} has no column {', '.join(map(repr, unknown))} to read (its columns "
             f"without weights: {', '.join(available)})"
         )
     if "row_id" not in wanted:
@@ -123,7 +123,7 @@ def read_catalog(
 ) -> ray.data.Dataset:
     """A ``ray.data.Dataset`` of the catalog's metadata rows: every column but weights.
 
-    ``catalog`` is a :class:`~modelrows.Catalog` or what :meth:`Catalog.open` takes (a path).
+    ``catalog`` is a :class:`~modelrows.Catalog` or what :meth:`Catalog.open` takes (a path, a URL).
     ``where`` is a SQL condition as in :meth:`Catalog.rows` (``"run = 'a' AND epoch > 2"``);
     ``columns`` picks columns (``row_id`` is always kept). Rows come oldest first, in
     ``override_num_blocks`` blocks (by default as many as Ray Data's minimum for a read, at most
@@ -152,16 +152,16 @@ def _import_path(cls: type[Row]) -> tuple[str, str] | None:
 
 
 def _result_class(results: Catalog) -> tuple[type[EvaluationV1], tuple[str, str]]:
-    cls = nearest_declared(results.schema, where=str(results.root))
+    cls = nearest_declared(results.schema, where=results.url)
     if cls.__qualified__ != results.schema:
         raise CatalogError(
-            f"{results.root} holds {results.schema} rows, whose class is not declared in this "
+            f"{results.url} holds {results.schema} rows, whose class is not declared in this "
             "process; import the module that declares it before map_checkpoints"
         )
     if not issubclass(cls, EvaluationV1):
         raise CatalogError(
             f"results go to a catalog of rows extending modelrows.ray.EvaluationV1 "
-            f"(model_row_id, error); {results.root} holds {results.schema} rows"
+            f"(model_row_id, error); {results.url} holds {results.schema} rows"
         )
     if required := [n for n, f in cls.__row_fields__.items() if f.required and n != "model_row_id"]:
         raise CatalogError(
@@ -358,7 +358,7 @@ class _CheckpointWorker:
             except Exception as exc:  # fn's columns do not fit the result class: say so
                 message = f"{type(exc).__name__}: {exc}"
                 rows.append(self.result_class(model_row_id=row_id, error=message))
-        self.results.append_many(rows)  # all of a batch or none: a retried batch adds no twins
+        self.results.append_many(rows)  # all of the batch or none of it
         out = []
         for row in rows:
             values = row.to_dict()
