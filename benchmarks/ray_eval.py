@@ -166,7 +166,8 @@ def driver(root: str, results: str, batch: int) -> None:
 def memory(root: Path, sizes: list[int], batch: int) -> None:
     print(f"\nDriver peak memory (VmHWM of a fresh driver process), {batch}-row forward per row")
     print(
-        f"| {'checkpoints':>11} | {'weights on disk':>15} | {'driver peak RSS':>15} | {'evaluated':>9} |"
+        f"| {'checkpoints':>11} | {'weights on disk':>15} | {'driver peak RSS':>15} | "
+        f"{'evaluated':>9} |"
     )
     print(f"|{'-' * 13}|{'-' * 17}|{'-' * 17}|{'-' * 11}|")
     peaks = []

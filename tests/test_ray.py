@@ -101,7 +101,7 @@ def linear_row(
 
 
 def corrupt_tensor_byte(catalog: Catalog, row_id: str) -> None:
-    """Change the MARK weight's bytes in the row file: the file stays readable, its checksum fails."""
+    """Change the MARK weight's bytes in the row file: it stays readable, its checksum fails."""
     path = catalog.path_of(row_id)
     data = bytearray(path.read_bytes())
     at = data.find(np.float32(MARK).tobytes())
