@@ -438,17 +438,23 @@ class Catalog:
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
-        self._maybe_compact(fsync=fsync)
+        self._maybe_compact(
+            fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
+        )
         return [str(i) for i in ids]
 
-    def _maybe_compact(self, *, fsync: bool) -> None:
-        """Now and then (one append in CHECK_EVERY), fold a long log into a segment."""
+    def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
+        """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
+        the temporary files dead writers left in ``directory`` (the partition just written) and
+        in the log (what an append can leave); a cheap, bounded amount of work."""
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
             if self._index.log_size() >= COMPACT_AT:
                 self._index.compact(fsync=fsync)
-            self.store.cleanup_uploads(3600.0)
+            for prefix in {directory, _index.LOG}:
+                if prefix:
+                    self.store.cleanup_uploads(3600.0, prefix)
 
     # -- the index ----------------------------------------------------------------------------------
     def _ensure_index(self) -> None:
