@@ -39,9 +39,7 @@ def test_delete_by_condition_and_by_id(catalog: Catalog) -> None:
     assert sorted(catalog.sql("SELECT run, epoch FROM models").fetchall()) == [
         ("a", 2), ("b", 0), ("b", 1), ("b", 2)
     ]  # fmt: skip
-    (first,) = (
-        catalog.sql("SELECT row_id FROM models WHERE run = 'b' AND epoch = 0").fetchone() or ()
-    )
+    [(first,)] = catalog.sql("SELECT row_id FROM models WHERE run = 'b' AND epoch = 0").fetchall()
     assert invoke("delete", catalog.root, "--id", first, "--yes")[:2] == (0, "deleted 1 row\n")
     assert len(Catalog.open(catalog.root)) == 3
     code, _, err = invoke("delete", catalog.root, "--id", first, "--yes")
