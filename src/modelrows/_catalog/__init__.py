@@ -536,7 +536,11 @@ class Catalog:
                     shown = True
         finally:
             close()
-        rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
+        rows = (
+            pa.concat_tables(tables)
+            if tables
+            else pa.Table.from_batches([], schema=self._index.schema)
+        )
         self._index.rebuild(rows, log_before)
         self._indexed = True
         return int(rows.num_rows)

@@ -242,12 +242,8 @@ class Index:
             hit = self._cache.get(key)
         if hit is not None:
             return hit
-        path = self.store.local_path(key)
         try:
-            if path is not None:
-                table = pq.read_table(path, memory_map=True, schema=None)
-            else:
-                table = pq.read_table(pa.BufferReader(self.store.get(key)))
+            table = self._open_parquet(key).read()
         except FileNotFoundError:
             raise StaleRead(key) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -261,6 +257,15 @@ class Index:
                 self._cache.clear()
             self._cache[key] = table
         return table
+
+    def _open_parquet(self, key: str) -> pq.ParquetFile:
+        """One index file, opened (its footer read): mapped when local, fetched when remote.
+        pq.ParquetFile, not pq.read_table, which imports pyarrow.dataset (and with it pandas,
+        where installed: seconds of start-up for a command that reads a few kilobytes)."""
+        path = self.store.local_path(key)
+        if path is not None:
+            return pq.ParquetFile(path, memory_map=True)
+        return pq.ParquetFile(pa.BufferReader(self.store.get(key)))
 
     def _conform(self, table: pa.Table, key: str) -> pa.Table:
         if key.endswith(".del.parquet"):
@@ -341,7 +346,7 @@ class Index:
             elif name.endswith(".del.parquet"):
                 deletes.update(self._parquet(key).column("row_id").to_pylist())
         deleted = manifest.deleted | deletes
-        table = pa.concat_tables(base) if base else self.schema.empty_table()
+        table = pa.concat_tables(base) if base else pa.Table.from_batches([], schema=self.schema)
         new_rows = None
         if adds:
             new_rows = pa.concat_tables(adds)
@@ -405,10 +410,20 @@ class Index:
             cached = self._cache.get(key)
         if cached is not None:
             return cached.filter(pc.equal(cached.column("row_id"), row_id))
-        path = self.store.local_path(key)
         try:
-            source: Any = path if path is not None else pa.BufferReader(self.store.get(key))
-            table = pq.read_table(source, filters=[("row_id", "=", row_id)], memory_map=True)
+            pf = self._open_parquet(key)
+            column = pf.schema_arrow.get_field_index("row_id")
+            groups = []
+            for i in range(pf.metadata.num_row_groups):  # segments are sorted by row_id
+                stats = pf.metadata.row_group(i).column(column).statistics
+                if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
+                    groups.append(i)
+            table = (
+                pf.read_row_groups(groups)
+                if groups
+                else pa.Table.from_batches([], schema=pf.schema_arrow)
+            )
+            table = table.filter(pc.equal(table.column("row_id"), row_id))
         except FileNotFoundError:
             raise StaleRead(key) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
