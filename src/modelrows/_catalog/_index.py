@@ -2,13 +2,15 @@
 
 Layout under the catalog root (docs/format.md, "The catalog index")::
 
-    _index/log/<id>.add.parquet        rows appended (one file per append call)
-    _index/log/<id>.del.parquet        row ids deleted (one file per delete call), column row_id
-    _index/segments/<id>.parquet       compacted index rows, sorted by row_id
+    _index/log/<id>.<hash>.add.parquet   rows appended (one file per append call)
+    _index/log/<id>.<hash>.del.parquet   row ids deleted (one file per delete call), column row_id
+    _index/segments/<id>.<hash>.parquet  compacted index rows, sorted by row_id
     _index/manifests/<seq>.json        which segments make the index, which row ids of them are
                                        deleted, which log entries they already hold ("covered")
 
-Every object is created once, whole, under a name nobody else uses (create-if-absent), and is
+``<hash>`` is the xxh3-64 of the file's bytes (16 hex digits): a reader checks it before any
+Parquet reader parses the file, so a damaged index file is refused by name, never handed to an
+engine. Every object is created once, whole, under a name nobody else uses (create-if-absent), and is
 never changed; the only other operations are read, list a prefix and delete. That is all an
 object store offers, so the same protocol runs on a local disk and on S3.
 
@@ -259,13 +261,19 @@ class Index:
         return table
 
     def _open_parquet(self, key: str) -> pq.ParquetFile:
-        """One index file, opened (its footer read): mapped when local, fetched when remote.
+        """One index file, its bytes checked against the hash in its name, then opened.
         pq.ParquetFile, not pq.read_table, which imports pyarrow.dataset (and with it pandas,
         where installed: seconds of start-up for a command that reads a few kilobytes)."""
         path = self.store.local_path(key)
-        if path is not None:
-            return pq.ParquetFile(path, memory_map=True)
-        return pq.ParquetFile(pa.BufferReader(self.store.get(key)))
+        data = path.read_bytes() if path is not None else self.store.get(key)
+        expected = _hash_in_name(key)
+        if expected is None or _digest(data) != expected:
+            raise CatalogError(
+                f"{self.store.url}/{key}: the index file is damaged (its bytes do not match the "
+                "hash in its name); rebuild the index with catalog.reindex() (or `modelrows "
+                "reindex`)"
+            )
+        return pq.ParquetFile(pa.BufferReader(data))
 
     def _conform(self, table: pa.Table, key: str) -> pa.Table:
         if key.endswith(".del.parquet"):
@@ -436,15 +444,17 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
-        key = f"{LOG}{first_id}.add.parquet"
-        if not self.store.put_if_absent(key, to_parquet(rows), fsync=fsync):
+        data = to_parquet(rows)
+        key = f"{LOG}{first_id}.{_digest(data)}.add.parquet"
+        if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
 
     def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
         """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
-        key = f"{LOG}{new_id()}.del.parquet"
         table = pa.table({"row_id": pa.array(sorted(row_ids), pa.string())})
-        if not self.store.put_if_absent(key, to_parquet(table), fsync=fsync):
+        data = to_parquet(table)
+        key = f"{LOG}{new_id()}.{_digest(data)}.del.parquet"
+        if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already")  # pragma: no cover
         return key
 
@@ -510,9 +520,9 @@ class Index:
         return manifest
 
     def _write_segment(self, rows: pa.Table, *, fsync: bool) -> str:
-        key = f"{SEGMENTS}{new_id()}.parquet"
-        ordered = rows.sort_by("row_id")
-        self.store.put_if_absent(key, to_parquet(ordered), fsync=fsync)
+        data = to_parquet(rows.sort_by("row_id"))
+        key = f"{SEGMENTS}{new_id()}.{_digest(data)}.parquet"
+        self.store.put_if_absent(key, data, fsync=fsync)
         return key
 
     def _after_publish(self, manifest: Manifest, old: Manifest) -> None:
@@ -566,6 +576,21 @@ class Index:
         for key in written:
             self.store.delete(key)
         raise CatalogError(f"{self.store.url}: could not publish the rebuilt index")
+
+
+def _digest(data: bytes) -> str:
+    """The hash an index file's name carries: xxh3-64 of its bytes, 16 lowercase hex digits."""
+    import xxhash
+
+    return str(xxhash.xxh3_64_hexdigest(data))
+
+
+def _hash_in_name(key: str) -> str | None:
+    """The hash in ``<id>.<hash>[.add|.del].parquet``, or None for a name without one."""
+    parts = key.rsplit("/", 1)[-1].split(".")
+    if len(parts) >= 3 and len(parts[1]) == 16 and all(c in "0123456789abcdef" for c in parts[1]):
+        return parts[1]
+    return None
 
 
 def _unique(table: pa.Table) -> pa.Table:
