@@ -345,3 +345,22 @@ def test_get_never_follows_a_row_file_that_became_a_symlink(catalog: Catalog) ->
     with pytest.raises(RowFileError, match="is a symbolic link"):
         catalog.get(swapped)
     assert catalog.get(kept).epoch == 0
+
+
+def test_plain_duckdb_reads_the_compacted_index(catalog: Catalog) -> None:
+    """docs/format.md, 6.4: a compacted index needs nothing but a Parquet reader."""
+    import duckdb
+
+    ids = filled(catalog)
+    catalog.delete([i for i, (run, epoch, _) in ids.items() if (run, epoch) == ("b", 0)])
+    catalog.compact()
+    glob = str(catalog.root / "_index" / "segments" / "*.parquet")
+    best = duckdb.sql(
+        f"SELECT row_id, run, epoch, accuracy, _path FROM read_parquet('{glob}') "
+        "ORDER BY accuracy DESC LIMIT 1"
+    ).fetchall()
+    expected = catalog.best("accuracy")
+    assert best == [(expected.row_id, expected.run, expected.epoch, expected.accuracy, best[0][4])]
+    assert (catalog.root / best[0][4]).is_file()
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()
+    assert count == [(len(catalog),)] == [(5,)]

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -441,17 +441,23 @@ class Catalog:
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
-        self._maybe_compact(fsync=fsync)
+        self._maybe_compact(
+            fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
+        )
         return [str(i) for i in ids]
 
-    def _maybe_compact(self, *, fsync: bool) -> None:
-        """Now and then (one append in CHECK_EVERY), fold a long log into a segment."""
+    def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
+        """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
+        the temporary files dead writers left in ``directory`` (the partition just written) and
+        in the log (what an append can leave); a cheap, bounded amount of work."""
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
             if self._index.log_size() >= COMPACT_AT:
                 self._index.compact(fsync=fsync)
-            self.store.cleanup_uploads(3600.0)
+            for prefix in {directory, _index.LOG}:
+                if prefix:
+                    self.store.cleanup_uploads(3600.0, prefix)
 
     # -- the index ----------------------------------------------------------------------------------
     def _ensure_index(self) -> None:
@@ -508,14 +514,14 @@ class Catalog:
                     deleted |= set(
                         self._index._parquet(_index.LOG + name).column("row_id").to_pylist()
                     )
-        files = self._row_files()
+        files = self._row_file_copies()
         step, close = _progress(progress, len(files), f"indexing {self.url}")
         tables = []
         shown = False
         try:
-            for done, (row_id, key) in enumerate(sorted(files.items()), 1):
+            for done, (row_id, keys) in enumerate(sorted(files.items()), 1):
                 if row_id not in deleted:
-                    entry = self._entry_from_file(row_id, key)
+                    entry = self._best_copy(row_id, keys)
                     if entry is not None:
                         tables.append(entry)
                 step(done)
@@ -533,10 +539,28 @@ class Catalog:
                     shown = True
         finally:
             close()
-        rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
+        rows = (
+            pa.concat_tables(tables)
+            if tables
+            else pa.Table.from_batches([], schema=self._index.schema)
+        )
         self._index.rebuild(rows, log_before)
         self._indexed = True
         return int(rows.num_rows)
+
+    def _best_copy(self, row_id: str, keys: list[str]) -> pa.Table | None:
+        """The index row of the sound copy of ``row_id`` that lies where its partition values
+        say (or the first sound one), None if no copy is sound."""
+        fallback = None
+        for key in sorted(keys):
+            entry = self._entry_from_file(row_id, key)
+            if entry is None:
+                continue
+            values = {k: entry.column(k)[0].as_py() for k in self.partition_by}
+            if key.rpartition("/")[0] == self._partition_dir(values):
+                return entry
+            fallback = fallback or entry
+        return fallback
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
         """The index row of a row file, read from the file; None if it is not a sound row."""
@@ -559,17 +583,29 @@ class Catalog:
 
     def _row_files(self) -> dict[str, str]:
         """Every row file in the partition directories, by row id (lists them all: reindex and
-        vacuum only)."""
-        depth = len(self.partition_by)
+        vacuum only). Of copies of one row in several directories, the one in the directory
+        its name sorts first in."""
         found: dict[str, str] = {}
+        for row_id, keys in self._row_file_copies().items():
+            found[row_id] = keys[0]
+        return found
+
+    def _row_file_copies(self) -> dict[str, list[str]]:
+        """Every row file in the partition directories: row id -> the keys holding it."""
+        depth = len(self.partition_by)
+        found: dict[str, list[str]] = {}
         for key, _ in self.store.list(""):
             parts = key.split("/")
             if len(parts) != depth + 1 or not is_row_file_name(parts[-1]):
                 continue
             if any(p.startswith((".", "_")) or "=" not in p for p in parts[:-1]):
                 continue
-            found[parts[-1].split(".", 1)[0]] = key
+            found.setdefault(parts[-1].split(".", 1)[0], []).append(key)
         return found
+
+    def _partition_dir(self, values: Mapping[str, Any]) -> str:
+        """The directory (key prefix, "" for the root) where a row of these values belongs."""
+        return "/".join(_encode_segment(k, values[k]) for k in self.partition_by)
 
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -959,10 +995,9 @@ class Catalog:
                 path = self._path(key)
                 problem = self._problem(row_id, path, verify=True)
                 if problem is None:
-                    expected = "/".join(
-                        _encode_segment(k, parts[k][ids.index(row_id)]) for k in self.partition_by
-                    )
-                    found = key.rsplit("/", 1)[0] if "/" in key else ""
+                    at = ids.index(row_id)
+                    expected = self._partition_dir({k: parts[k][at] for k in self.partition_by})
+                    found = key.rpartition("/")[0]
                     if found != expected:
                         problem = (
                             CorruptRowError,

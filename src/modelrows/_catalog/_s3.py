@@ -643,9 +643,10 @@ class S3Store:
         with self._failing("delete", key):
             self._client.delete_object(Bucket=self.bucket, Key=name)
 
-    def cleanup_uploads(self, older_than: float) -> int:
-        """Abort the multipart uploads under this store's prefix started more than
-        ``older_than`` seconds ago (writers that died mid-upload); returns how many.
+    def cleanup_uploads(self, older_than: float, prefix: str = "") -> int:
+        """Abort the multipart uploads under this store's prefix (and ``prefix`` below it)
+        started more than ``older_than`` seconds ago (writers that died mid-upload); returns
+        how many.
 
         An upload younger than that may belong to a live writer and is left alone.
         """
@@ -655,7 +656,7 @@ class S3Store:
         stale: list[tuple[str, str]] = []
         with self._failing("list the uploads under", None):
             pages = self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self._list_prefix("")
+                Bucket=self.bucket, Prefix=self._list_prefix(prefix)
             )
             for page in pages:
                 for upload in page.get("Uploads", ()):

@@ -59,8 +59,9 @@ class Store(Protocol):
     def delete(self, key: str) -> None:
         """Remove ``key``; an absent key is not an error."""
 
-    def cleanup_uploads(self, older_than: float) -> int:
-        """Remove what dead writers left behind (temporary files, abandoned uploads)."""
+    def cleanup_uploads(self, older_than: float, prefix: str = "") -> int:
+        """Remove what dead writers left behind (temporary files, abandoned uploads) under
+        ``prefix`` (a directory key ending in ``/``; "" is the whole store)."""
 
 
 class LocalStore:
@@ -176,12 +177,12 @@ class LocalStore:
                 step="unlink",
             ) from exc
 
-    def cleanup_uploads(self, older_than: float) -> int:
-        """Remove temporary files (``.<name>.<pid>-<hex>.tmp``) whose writer is gone from this
-        machine, or that are older than ``older_than`` seconds."""
+    def cleanup_uploads(self, older_than: float, prefix: str = "") -> int:
+        """Remove temporary files (``.<name>.<pid>-<hex>.tmp``) under ``prefix`` whose writer is
+        gone from this machine, or that are older than ``older_than`` seconds."""
         removed = 0
         now = time.time()
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, dirnames, filenames in os.walk(self.root / prefix):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if not is_temp_name(name):
