@@ -35,13 +35,14 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
+    from ._blob import TensorEntry
     from ._catalog import Catalog, CorruptRow, OnCorrupt
     from ._format import FORMAT_VERSION
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
     from ._schema import ModelV1, Row
     from ._version import __version__
-    from ._weights import LoadReport, TensorEntry, Weights, fetch_weights, load_weights
+    from ._weights import LoadReport, Weights, fetch_weights, load_weights
 
 # public name -> private module that defines it, imported on first access
 _LAZY = {
@@ -55,7 +56,7 @@ _LAZY = {
     "ModelV1": "._schema",
     "Row": "._schema",
     "LoadReport": "._weights",
-    "TensorEntry": "._weights",
+    "TensorEntry": "._blob",
     "Weights": "._weights",
     "fetch_weights": "._weights",
     "load_weights": "._weights",

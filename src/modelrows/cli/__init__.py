@@ -41,7 +41,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._arrowtypes import WEIGHTS_ARROW_TYPE
+from .._blob import WEIGHTS_ARROW_TYPE
 from .._catalog import Catalog
 from .._errors import CatalogError, CommandLineError, ModelRowsError
 from .._format import MANAGED_COLUMNS
