@@ -73,7 +73,7 @@ def test_reserved_columns() -> None:
 
 
 def test_the_weights_struct_fields_are_the_documented_ones() -> None:
-    from modelrows._arrowtypes import WEIGHTS_ARROW_TYPE
+    from modelrows._blob import WEIGHTS_ARROW_TYPE
 
     assert tuple(f.name for f in WEIGHTS_ARROW_TYPE) == fmt.WEIGHTS_FIELDS
     for name in fmt.WEIGHTS_FIELDS:
@@ -81,7 +81,7 @@ def test_the_weights_struct_fields_are_the_documented_ones() -> None:
 
 
 def test_is_weights_type_is_by_field_names() -> None:
-    from modelrows._arrowtypes import WEIGHTS_ARROW_TYPE
+    from modelrows._blob import WEIGHTS_ARROW_TYPE
 
     assert fmt.is_weights_type(WEIGHTS_ARROW_TYPE)
     # as DuckDB hands it back: binary for large_binary
