@@ -1136,6 +1136,8 @@ def diff(
     if len(given) == 3:
         catalog, _ = catalog_and(given[0], given[1], catalog_opt, what="A", usage=usage)
         a_spec, b_spec = given[1], given[2]
+    elif Path(given[0]).is_dir():
+        raise CommandLineError(f"diff needs two rows after the catalog; usage: {usage}")
     else:
         a_spec, b_spec = given
         if catalog_opt is not None or not (names_a_file(a_spec) and names_a_file(b_spec)):
