@@ -49,7 +49,7 @@ def test_diff_table_lists_every_tensor_and_the_overall_change(rows: tuple[Path, 
     assert done.code == 0, done
     text = plain(done.out)
     lines = {line.split()[0]: " ".join(line.split()) for line in text.splitlines() if line.strip()}
-    assert lines["A"] == f"A {a}" and lines["B"] == f"B {b}"
+    assert lines["A"] == f"A {a} (run r, epoch 0)" and lines["B"] == f"B {b} (run r, epoch 1)"
     assert lines["tensors"] == "tensors 7: 4 changed, 1 shape, 1 only in A, 1 only in B"
     assert lines["head.weight"] == "head.weight (2, 4) float32 changed 2.828 50% 1 1.000000"
     assert lines["embed.weight"] == "embed.weight (4, 4) float32 changed 0.04 1% 0.01 1.000000"

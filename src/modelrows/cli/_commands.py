@@ -1030,15 +1030,20 @@ def import_(
 # -- diff ------------------------------------------------------------------------------------------
 
 
-def _resolve_row(catalog: Catalog | None, spec: str) -> tuple[Row, str]:
-    """A row given by id (anything ``catalog.get`` accepts) or, without a catalog, a row file."""
+def _resolve_row(catalog: Catalog | None, spec: str) -> tuple[Row, str, str]:
+    """A row given by id (anything ``catalog.get`` accepts) or, without a catalog, a row file;
+    its id (or path), and a label: the id, partition values and epoch or step."""
     if catalog is None:
         from .. import read_model_row
 
-        return read_model_row(spec), spec
+        return read_model_row(spec), spec, spec
     row = catalog.get(spec)
+    values = row.to_dict()
     row_id = _row_id(row)
-    return row, (spec if row_id in (None, spec) else f"{spec} ({row_id})")
+    facts = [f"{k} {values[k]}" for k in catalog.partition_by if values.get(k) is not None]
+    facts += [f"{c} {values[c]}" for c in ("epoch", "step") if values.get(c) is not None][:1]
+    name = spec if row_id in (None, spec) else f"{spec} = {row_id}"
+    return row, row_id or spec, name + (f" ({', '.join(facts)})" if facts else "")
 
 
 def _fmt_shape(shape: Sequence[int] | None) -> str:
@@ -1142,8 +1147,8 @@ def diff(
         a_spec, b_spec = given
         if catalog_opt is not None or not (names_a_file(a_spec) and names_a_file(b_spec)):
             catalog = open_catalog(None, catalog_opt)
-    row_a, name_a = _resolve_row(catalog, a_spec)
-    row_b, name_b = _resolve_row(catalog, b_spec)
+    row_a, id_a, name_a = _resolve_row(catalog, a_spec)
+    row_b, id_b, name_b = _resolve_row(catalog, b_spec)
     diffs = diff_weights(row_a, row_b, column=column)
 
     # integer and bool tensors (step counters, masks) are listed but neither summed nor ranked
@@ -1168,8 +1173,8 @@ def diff(
     fmt = resolve_format(fmt)
     if fmt is Format.json:
         out = {
-            "a": name_a,
-            "b": name_b,
+            "a": id_a,
+            "b": id_b,
             "summary": summary,
             "tensors": [d._asdict() for d in shown],
         }
