@@ -37,10 +37,19 @@ from ._errors import (
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._catalog import Catalog, CorruptRow, OnCorrupt
     from ._diff import TensorDiff, diff_weights
+    from ._format import FORMAT_VERSION
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
     from ._safetensors import export_safetensors, import_safetensors
-    from ._schema import FORMAT_VERSION, ModelV1, Row
+    from ._schema import ModelV1, Row
+    from ._training import (
+        Checkpointer,
+        TrainingStateError,
+        TrainingStateV1,
+        read_training_state,
+        restore_training_state,
+        training_state,
+    )
     from ._version import __version__
     from ._weights import LoadReport, TensorEntry, Weights, fetch_weights, load_weights
 
@@ -56,9 +65,15 @@ _LAZY = {
     "write_model_row": "._rowfile",
     "export_safetensors": "._safetensors",
     "import_safetensors": "._safetensors",
-    "FORMAT_VERSION": "._schema",
+    "FORMAT_VERSION": "._format",
     "ModelV1": "._schema",
     "Row": "._schema",
+    "Checkpointer": "._training",
+    "TrainingStateError": "._training",
+    "TrainingStateV1": "._training",
+    "read_training_state": "._training",
+    "restore_training_state": "._training",
+    "training_state": "._training",
     "LoadReport": "._weights",
     "TensorEntry": "._weights",
     "Weights": "._weights",
@@ -87,6 +102,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Catalog",
     "CatalogError",
+    "Checkpointer",
     "CommandLineError",
     "CorruptRow",
     "CorruptRowError",
@@ -107,6 +123,8 @@ __all__ = [
     "StorageError",
     "TensorDiff",
     "TensorEntry",
+    "TrainingStateError",
+    "TrainingStateV1",
     "UnknownSchemaError",
     "UnsupportedFeatureError",
     "Weights",
@@ -119,5 +137,8 @@ __all__ = [
     "import_safetensors",
     "load_weights",
     "read_model_row",
+    "read_training_state",
+    "restore_training_state",
+    "training_state",
     "write_model_row",
 ]

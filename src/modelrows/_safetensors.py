@@ -202,7 +202,8 @@ def export_safetensors(
     >>> meta["modelrows.column"], list(import_safetensors(path))
     ('weights', ['weight', 'bias'])
     """
-    from ._rowfile import read_model_row, write_atomic
+    from ._atomic import write_atomic
+    from ._rowfile import read_model_row
     from ._schema import Row
     from ._weights import Weights
 

@@ -24,20 +24,10 @@ import torch
 import xxhash
 
 from ._errors import WeightsError, WeightsMismatchError
+from ._format import ALIGNMENT, CHECKSUM_PREFIX, FORMAT_DTYPES
 from ._linux import MADV_POPULATE_READ, MADVISE
 
 __all__ = ["DTYPE_NAMES", "LoadReport", "TensorEntry", "Weights", "fetch_weights", "load_weights"]
-
-ALIGNMENT = 64
-"""Every tensor's bytes start at a multiple of this many bytes (in memory and in files)."""
-
-
-FORMAT_DTYPES = (
-        "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
-        "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
-        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-)  # fmt: skip
-"""Every dtype name of the format (docs/format.md), whether or not this torch has it."""
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     n: getattr(torch, n) for n in FORMAT_DTYPES if isinstance(getattr(torch, n, None), torch.dtype)
@@ -94,6 +84,7 @@ class Weights(Mapping[str, torch.Tensor]):
         "_storage",
         "_stored_checksum",
         "_tensors",
+        "_written_checksum",
     )
 
     _storage: torch.Tensor | None  # None until packed, for weights built by _from_tensors
@@ -105,6 +96,7 @@ class Weights(Mapping[str, torch.Tensor]):
     _checksum: str | None
     _fingerprint: str | None
     _stored_checksum: str | None
+    _written_checksum: str | None
 
     def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         storage, entries = _pack(tensors or {})
@@ -124,6 +116,7 @@ class Weights(Mapping[str, torch.Tensor]):
         object.__setattr__(self, "_checksum", None)
         object.__setattr__(self, "_fingerprint", None)
         object.__setattr__(self, "_stored_checksum", None)
+        object.__setattr__(self, "_written_checksum", None)
         object.__setattr__(self, "_owned", False)
         object.__setattr__(self, "_live", False)
         object.__setattr__(self, "_layout_cache", None)
@@ -180,9 +173,15 @@ class Weights(Mapping[str, torch.Tensor]):
         return self._layout_cache
 
     def _wrote(self, checksum: str) -> None:
-        """Remember the checksum a write computed over these weights' bytes (unless live)."""
+        """Remember the checksum a write computed over these weights' bytes (as their checksum
+        unless live; as the last write's in any case, which the catalog index records)."""
+        object.__setattr__(self, "_written_checksum", checksum)
         if not self._live:
             object.__setattr__(self, "_checksum", checksum)
+
+    def _last_written_checksum(self) -> str:
+        """The checksum the last write of these weights stored (computed now if none)."""
+        return self._written_checksum or self.checksum
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Weights are immutable; build new ones with fetch_weights()")
@@ -590,7 +589,7 @@ def stream_packed(
                 raise
             for job in pending:
                 job.result()
-    return f"xxh3-64:{h.hexdigest()}"
+    return CHECKSUM_PREFIX + h.hexdigest()
 
 
 def _stream(

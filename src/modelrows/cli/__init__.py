@@ -31,7 +31,7 @@ public API of ``modelrows`` only.
 from __future__ import annotations
 
 from .._errors import CommandLineError
-from . import _commands  # noqa: F401  (registers the commands)
+from . import _catalog_commands, _commands  # noqa: F401  (registers the commands)
 from ._app import app, main
 
 __all__ = ["CommandLineError", "app", "main"]
