@@ -396,7 +396,9 @@ def test_sql_errors_keep_the_caret_under_the_error(cat: Fixture) -> None:
     assert where.code == 2, where
     line, caret = where.err.splitlines()[-2:]
     assert line.startswith("LINE 1: ") and caret.strip() == "^"
-    assert line[len(caret) - 1] == ")"  # the caret under the character DuckDB points at
+    assert line[len(caret) - 1] == ">"  # the caret under the character DuckDB points at
+    stacked = invoke("ls", cat.root, "--where", "epoch > 1) ; SELECT 1 --")
+    assert stacked.code == 2 and "Parser Error" in stacked.err, stacked  # one expression only
     column = invoke("ls", cat.root, "--where", "acuracy > 0.5")
     assert column.code == 2, column
     assert 'Referenced column "acuracy" not found' in column.err

@@ -97,6 +97,41 @@ def query(catalog: Catalog, sql: str) -> pa.Table | None:
     return table
 
 
+def select(
+    catalog: Catalog,
+    what: str,
+    *,
+    where: str | None = None,
+    conditions: Sequence[str] = (),
+    order: str | None = None,
+    limit: int | None = None,
+) -> pa.Table:
+    """``SELECT what FROM models`` of the rows matching the user's ``where`` (parsed as one
+    expression, so it cannot end the statement or start another) and our own ``conditions``."""
+    import duckdb
+
+    try:
+        relation = catalog.sql("SELECT * FROM models")
+        if where is not None:
+            relation = relation.filter(where)
+        for condition in conditions:
+            relation = relation.filter(condition)
+        relation = relation.project(what)
+        if order is not None:
+            relation = relation.order(order)
+        if limit is not None:
+            relation = relation.limit(limit)
+        fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+        table: pa.Table = fetch()
+    except duckdb.Error as exc:
+        raise SqlError(f"SQL error: {exc}") from exc
+    except CatalogError as exc:
+        if isinstance(exc.__cause__, duckdb.Error):
+            raise SqlError(f"SQL error: {exc.__cause__}") from exc
+        raise
+    return table
+
+
 def _row_id(row: Row) -> str | None:
     value = row.extras.get("row_id")
     return value if isinstance(value, str) else None
@@ -147,14 +182,13 @@ def ls(
 
     cat = open_catalog(catalog, catalog_opt)
     order = check_column(cat, sort, use="sort by") if sort else "row_id"
-    sql = f"SELECT {', '.join(quote(c) for c in columns(cat))} FROM models"
-    if where:
-        sql += f" WHERE ({where})"
-    sql += f" ORDER BY {order} {'DESC' if desc else 'ASC'}" + (", row_id" if sort else "")
-    if limit is not None:
-        sql += f" LIMIT {limit}"
-    table = query(cat, sql)
-    assert table is not None
+    table = select(
+        cat,
+        ", ".join(quote(c) for c in columns(cat)),
+        where=where,
+        order=f"{order} {'DESC' if desc else 'ASC'}" + (", row_id" if sort else ""),
+        limit=limit,
+    )
     total = len(cat)
     caption = f"{table.num_rows} of {total} rows" if table.num_rows != total else f"{total} rows"
     emit_table(table, fmt, caption=caption, raw=raw)
@@ -235,17 +269,18 @@ def best(
     q = check_column(cat, by, use="rank by")
     # Catalog.best's ranking (nulls and NaN never rank, ties to the earliest row) as one query:
     # the record printed has no weights, so no row file is opened and torch is never imported
-    cond = f"{q} IS NOT NULL"
+    conditions = [f"{q} IS NOT NULL"]
     if pa.types.is_floating(cat.arrow_schema.field(by).type):
-        cond += f" AND NOT isnan({q})"
-    if where:
-        cond += f" AND ({where})"
-    names = ", ".join(quote(c) for c in columns(cat))
-    order = "ASC" if minimize else "DESC"
-    table = query(
-        cat, f"SELECT {names} FROM models WHERE {cond} ORDER BY {q} {order}, row_id LIMIT 1"
+        conditions.append(f"NOT isnan({q})")
+    table = select(
+        cat,
+        ", ".join(quote(c) for c in columns(cat)),
+        where=where,
+        conditions=conditions,
+        order=f"{q} {'ASC' if minimize else 'DESC'}, row_id",
+        limit=1,
     )
-    if table is None or table.num_rows == 0:
+    if table.num_rows == 0:
         fail(
             f"no row of {cat.root} has a value for {by!r}" + (f" where {where}" if where else ""),
             code=1,
@@ -737,15 +772,14 @@ def plot(
     qg = check_column(cat, group, use="group by") if group else "NULL"
     parent = quote(PARENT) if PARENT in names else "NULL"
     selected = ", ".join(f"{q} AS y{i}" for i, q in enumerate(qys))
-    cond = f"{qx} IS NOT NULL AND ({' OR '.join(f'{q} IS NOT NULL' for q in qys)})"
-    if where:
-        cond += f" AND ({where})"
-    table = query(
+    table = select(
         cat,
-        f"SELECT row_id, CAST({qg} AS VARCHAR) AS g, {qx} AS x, {selected}, "
-        f"CAST({parent} AS VARCHAR) AS parent FROM models WHERE {cond} ORDER BY row_id",
+        f"row_id, CAST({qg} AS VARCHAR) AS g, {qx} AS x, {selected}, "
+        f"CAST({parent} AS VARCHAR) AS parent",
+        where=where,
+        conditions=[f"{qx} IS NOT NULL", " OR ".join(f"{q} IS NOT NULL" for q in qys)],
+        order="row_id",
     )
-    assert table is not None
     from ._render import is_number
 
     for i, column in enumerate(y):
