@@ -352,9 +352,12 @@ def test_export_and_import_errors(cat: Fixture, tmp_path: Path) -> None:
 # -- user errors -----------------------------------------------------------------------------------
 
 
-def test_user_errors_are_one_line_and_status_2(cat: Fixture, tmp_path: Path) -> None:
+def test_user_errors_are_one_line_and_status_2(
+    cat: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    monkeypatch.chdir(empty)  # no ./catalog here
     no_catalog = run("ls", cwd=empty)  # the status the shell sees
     bad_sql = invoke("sql", cat.root, "SELECT nope FROM models")
     unknown = invoke("show", cat.root, "01NOSUCHROW")
@@ -377,6 +380,10 @@ def test_user_errors_are_one_line_and_status_2(cat: Fixture, tmp_path: Path) -> 
     assert_user_error(invoke("sql"), 'missing QUERY; usage: modelrows sql [CATALOG] "SELECT ..."')
     typo = tmp_path / "typo.model.arrow"  # a path, not a row id of the default catalog
     assert_user_error(invoke("show", typo), f"{typo}: no such file")
+    assert_user_error(
+        invoke("show", typo, "-c", cat.root),
+        f"{typo}: no such file, nor a row of the catalog at {cat.root}",
+    )
     assert_user_error(
         invoke("ls", cat.root, "-c", cat.root),
         f"two catalogs given ({str(cat.root)!r} and --catalog {str(cat.root)!r}); give one",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,9 +30,9 @@ from ._app import (
     WhereOpt,
     app,
     catalog_and,
+    catalog_path,
     declare_rows,
     fail,
-    names_a_file,
     open_catalog,
     stderr,
     stdout,
@@ -130,6 +131,36 @@ def select(
             raise SqlError(f"SQL error: {exc.__cause__}") from exc
         raise
     return table
+
+
+def _pathlike(arg: str) -> bool:
+    return "/" in arg or os.sep in arg or "." in arg
+
+
+def lone_catalog(arg: str, option: str | None) -> Catalog | None:
+    """The catalog a lone row argument belongs to, or None when it is an existing row file.
+
+    A row is named by id or alias (``run=r1/best``), so only an existing file is taken for one;
+    an argument that looks like a path is said to be missing when there is no catalog either."""
+    if option is None and Path(arg).is_file():
+        return None
+    if option is None and _pathlike(arg) and not catalog_path(None, None).exists():
+        raise CommandLineError(f"{arg}: no such file")
+    return open_catalog(None, option)
+
+
+def get_row(catalog: Catalog, spec: str, *, lone: bool) -> Row:
+    """``catalog.get(spec)``; a lone argument that looks like a path is also said not a file."""
+    from .. import RowNotFoundError
+
+    try:
+        return catalog.get(spec)
+    except RowNotFoundError:
+        if lone and _pathlike(spec):
+            raise CommandLineError(
+                f"{spec}: no such file, nor a row of the catalog at {catalog.root}"
+            ) from None
+        raise
 
 
 def _row_id(row: Row) -> str | None:
@@ -520,12 +551,10 @@ def show(
         else:
             _print_catalog(described)
         return
-    elif catalog_opt is None and names_a_file(first):
-        target = first
     else:
-        catalog, target = open_catalog(None, catalog_opt), first
+        catalog, target = lone_catalog(first, catalog_opt), first
     if catalog is not None:
-        row = catalog.get(target)
+        row = get_row(catalog, target, lone=second is None)
         path: Path | None = catalog.path_of(_row_id(row) or target)
         types = {f.name: str(f.type) for f in catalog.arrow_schema}
     else:
@@ -898,17 +927,15 @@ def export(
 
     from .. import export_safetensors, read_model_row
 
-    if second is None and first is not None and catalog_opt is None and names_a_file(first):
-        row, where = read_model_row(first), first
+    usage = "modelrows export [CATALOG] ROW_ID --to FILE"
+    if second is None and first is not None:
+        cat, row_id = lone_catalog(first, catalog_opt), first
     else:
-        cat, row_id = catalog_and(
-            first,
-            second,
-            catalog_opt,
-            what="ROW_ID",
-            usage="modelrows export [CATALOG] ROW_ID --to FILE",
-        )
-        row = cat.get(row_id)
+        cat, row_id = catalog_and(first, second, catalog_opt, what="ROW_ID", usage=usage)
+    if cat is None:
+        row, where = read_model_row(row_id), row_id
+    else:
+        row = get_row(cat, row_id, lone=second is None)
         where = f"row {_row_id(row) or row_id}"
     metadata = export_safetensors(row, to, column=column)
     weights = row.to_dict()[metadata["modelrows.column"]]
@@ -1064,14 +1091,14 @@ def import_(
 # -- diff ------------------------------------------------------------------------------------------
 
 
-def _resolve_row(catalog: Catalog | None, spec: str) -> tuple[Row, str, str]:
+def _resolve_row(catalog: Catalog | None, spec: str, *, lone: bool) -> tuple[Row, str, str]:
     """A row given by id (anything ``catalog.get`` accepts) or, without a catalog, a row file;
     its id (or path), and a label: the id, partition values and epoch or step."""
     if catalog is None:
         from .. import read_model_row
 
         return read_model_row(spec), spec, spec
-    row = catalog.get(spec)
+    row = get_row(catalog, spec, lone=lone)
     values = row.to_dict()
     row_id = _row_id(row)
     facts = [f"{k} {values[k]}" for k in catalog.partition_by if values.get(k) is not None]
@@ -1171,18 +1198,26 @@ def diff(
     given = [a for a in (first, second, third) if a is not None]
     if len(given) < 2:
         raise CommandLineError(f"diff needs two rows; usage: {usage}")
-    catalog: Catalog | None = None
     if len(given) == 3:
         catalog, _ = catalog_and(given[0], given[1], catalog_opt, what="A", usage=usage)
-        a_spec, b_spec = given[1], given[2]
+        (row_a, id_a, name_a), (row_b, id_b, name_b) = (
+            _resolve_row(catalog, spec, lone=False) for spec in given[1:]
+        )
     elif Path(given[0]).is_dir():
         raise CommandLineError(f"diff needs two rows after the catalog; usage: {usage}")
     else:
-        a_spec, b_spec = given
-        if catalog_opt is not None or not (names_a_file(a_spec) and names_a_file(b_spec)):
-            catalog = open_catalog(None, catalog_opt)
-    row_a, id_a, name_a = _resolve_row(catalog, a_spec)
-    row_b, id_b, name_b = _resolve_row(catalog, b_spec)
+        opened: list[Catalog] = []  # one catalog for both rows
+
+        def catalog_of(spec: str) -> Catalog | None:
+            if opened:
+                return None if catalog_opt is None and Path(spec).is_file() else opened[0]
+            found = lone_catalog(spec, catalog_opt)
+            opened.extend([found] if found is not None else [])
+            return found
+
+        (row_a, id_a, name_a), (row_b, id_b, name_b) = (
+            _resolve_row(catalog_of(spec), spec, lone=True) for spec in given
+        )
     diffs = diff_weights(row_a, row_b, column=column)
 
     # integer and bool tensors (step counters, masks) are listed but neither summed nor ranked
