@@ -118,9 +118,11 @@ def main() -> None:
                 False,
             ),
         ]
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(
             f"median of {args.repeat} fresh processes each, every one paired with `python -c pass`"
-            f" run just before it; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n"
+            f" run just before it; {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+            f"load average {load}\n"
         )
         header = f"| {'command':<40} | {'median':>8} | {'bare':>8} | {'above bare':>10} | {'target':>14} | {'ratio':>6} | met |"
         print(header)
@@ -142,6 +144,7 @@ def main() -> None:
             )
         print("\nratio: the figure the target bounds, over the target (under 1 meets it)")
         print(f"targets met: {'all' if met_all else 'not all'}")
+        print(f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
