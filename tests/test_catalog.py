@@ -222,8 +222,10 @@ def test_create_and_open_rules(tmp_path: Path) -> None:
         Catalog.create(tmp_path / "d", RunRowV1, partition_by=["loss"])
     with pytest.raises(CatalogError, match="partition fields must be str or int"):
         Catalog.create(tmp_path / "d", RunRowV1, partition_by=["accuracy"])
-    with pytest.raises(CatalogError, match="does not extend ModelV1"):
-        Catalog.create(tmp_path / "d", ConfigV1)
+    with pytest.raises(CatalogError, match="a catalog holds rows of a declared row class"):
+        Catalog.create(tmp_path / "d", Row)  # Row itself declares no schema
+    plain = Catalog.create(tmp_path / "plain", ConfigV1)  # rows without weights are rows too
+    assert plain.get(plain.append(ConfigV1(seed=3))).seed == 3
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

@@ -350,3 +350,21 @@ def test_every_error_here_is_a_modelrows_error(catalog: Catalog) -> None:
     catalog.path_of(best).unlink()
     with pytest.raises(RowFileError):
         catalog.get(best)
+
+
+def test_a_damaged_index_file_is_refused_before_any_engine_parses_it(catalog: Catalog) -> None:
+    catalog.compact()
+    [segment] = [catalog.root / key for key in catalog.index_files()]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01  # bit rot that keeps size and mtime alike
+    segment.write_bytes(bytes(data))
+    fresh = Catalog.open(catalog.root)
+    for query in (lambda: len(fresh), lambda: fresh.sql("SELECT 1 FROM models").fetchall()):
+        with pytest.raises(CatalogError) as info:
+            query()
+        assert str(info.value) == (
+            f"{segment}: the index file is damaged (its bytes do not match the hash in its "
+            "name); rebuild the index with catalog.reindex() (or `modelrows reindex`)"
+        )
+    assert fresh.reindex() == 4
+    assert len(fresh) == 4 and fresh.verify() == []

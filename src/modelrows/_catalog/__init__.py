@@ -63,7 +63,7 @@ from .._rowfile import (
     row_writer,
     verify_row,
 )
-from .._schema import ModelV1, Row, nearest_declared
+from .._schema import Row, nearest_declared
 from . import _index
 from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
 from ._store import LocalStore, Store
@@ -237,10 +237,13 @@ class Catalog:
         """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there).
 
         Idempotent: any number of processes may create the same catalog at once."""
-        if not (isinstance(row_class, type) and issubclass(row_class, ModelV1)):
+        # model rows (ModelV1 and its children), or rows without weights (evaluations, ...)
+        if not (
+            isinstance(row_class, type) and issubclass(row_class, Row) and row_class.__identifier__
+        ):
             raise CatalogError(
-                f"a catalog holds model rows: {row_class!r} does not extend ModelV1 "
-                "(modelrows.model@1)"
+                f"a catalog holds rows of a declared row class (a subclass of ModelV1, or of Row "
+                f"for rows without weights, with schema= and version=); got {row_class!r}"
             )
         if isinstance(partition_by, str):
             raise CatalogError(f"partition_by takes a list of field names, e.g. [{partition_by!r}]")
@@ -536,7 +539,11 @@ class Catalog:
                     shown = True
         finally:
             close()
-        rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
+        rows = (
+            pa.concat_tables(tables)
+            if tables
+            else pa.Table.from_batches([], schema=self._index.schema)
+        )
         self._index.rebuild(rows, log_before)
         self._indexed = True
         return int(rows.num_rows)
