@@ -321,11 +321,6 @@ def catalog_and(
     return open_catalog(first, None, usage=usage), second
 
 
-def names_a_file(arg: str) -> bool:
-    """Whether a lone argument is a row file rather than a row id (ids hold no '/' or '.')."""
-    return Path(arg).is_file() or "/" in arg or os.sep in arg or arg.endswith(".arrow")
-
-
 def declare_rows(modules: Sequence[str] = ()) -> None:
     """Import the user's modules that declare row classes: ``modules`` and ``$MODELROWS_IMPORT``.
 
