@@ -76,6 +76,9 @@ class _File:
     def fileno(self) -> int:
         return self._f.fileno()
 
+    def tell(self) -> int:
+        return self._f.tell()
+
     def close(self) -> None:
         self._f.close()
 

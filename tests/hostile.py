@@ -470,6 +470,9 @@ def main(directory: Path) -> None:
 
     RecordingType.marker = directory / MARKER_NAME
     pa.register_extension_type(RecordingType())
+    # pyarrow imports pandas (when installed) on its first conversion of a Python or NumPy
+    # value: do that first, so the meter sees what reading a file costs, not pandas' import
+    pa.array([0]).to_numpy()
     tracemalloc.start()
     for path in sorted((directory / "corpus").iterdir()):
         print(json.dumps({"reading": path.name}), flush=True)

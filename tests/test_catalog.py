@@ -19,6 +19,7 @@ from modelrows import (
     CatalogError,
     ModelV1,
     Row,
+    RowFileError,
     RowNotFoundError,
     fetch_weights,
     load_weights,
@@ -161,7 +162,7 @@ def test_partition_values_with_odd_characters_roundtrip(catalog: Catalog, value:
     assert catalog.sql(
         f"SELECT count(*) FROM models WHERE run = '{value.replace(chr(39), '')}'"
     ).fetchall() == [(1,)]
-    (directory,) = [p for p in catalog.root.iterdir() if p.is_dir()]
+    (directory,) = [p for p in catalog.root.iterdir() if p.is_dir() and p.name != "_index"]
     assert directory.name.startswith("run=")
     assert "/" not in directory.name[4:]
 
@@ -182,7 +183,10 @@ def test_refused_rows_write_nothing(catalog: Catalog, tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="partition value of 'run' is too long"):
         catalog.append(row("x" * 300, 0, 0.1))
     assert len(catalog) == 0
-    assert [p.name for p in catalog.root.iterdir()] == ["_modelrows_catalog.json"]
+    assert sorted(p.name for p in catalog.root.iterdir()) == ["_index", "_modelrows_catalog.json"]
+    assert [p.name for p in (catalog.root / "_index").rglob("*") if p.is_file()] == [
+        "00000000000000000000.json"
+    ]  # the empty index Catalog.create publishes; no entry
 
 
 def test_null_partition_value_is_refused(tmp_path: Path) -> None:
@@ -293,16 +297,22 @@ def test_duckdb_returns_written_at_as_aware_datetimes(catalog: Catalog) -> None:
     assert written_at == catalog.get(row_id).written_at
 
 
-def test_a_long_lived_catalog_forgets_the_files_it_no_longer_has(catalog: Catalog) -> None:
+def test_a_row_file_removed_by_hand_is_reported_and_dropped_by_reindex(catalog: Catalog) -> None:
     ids = filled(catalog)
-    assert len(catalog.scan().collect()) == 6
-    for row_id in list(ids)[:4]:
-        catalog.path_of(row_id).unlink()  # e.g. a clean-up of old epochs by another process
-    assert len(catalog.scan().collect()) == 2
-    assert set(catalog._checked) == set(catalog._row_files().values())  # no memory of the four
+    gone = next(iter(ids))
+    path = catalog.path_of(gone)
+    path.unlink()  # e.g. a clean-up of old epochs by hand, bypassing catalog.delete
+    assert len(catalog.scan().collect()) == 6  # queries read the index, not the files
+    with pytest.raises(RowFileError, match="the row file is gone"):
+        catalog.get(gone)
+    assert [(r.row_id, r.path) for r in catalog.verify()] == [(gone, path)]
+    assert catalog.reindex() == 5
+    assert len(catalog) == 5
+    assert gone not in catalog.scan().collect()["row_id"].to_list()
+    assert catalog.verify() == []
 
 
-def test_get_lists_the_partitions_once_and_sees_other_writers_rows(
+def test_queries_and_get_never_list_the_partition_directories(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = [catalog.append(row(f"r{i % 4}", i, i / 10)) for i in range(12)]
@@ -314,28 +324,41 @@ def test_get_lists_the_partitions_once_and_sees_other_writers_rows(
         return real(path)
 
     monkeypatch.setattr(os, "scandir", spy)
-    assert catalog.get(ids[0]).epoch == 0  # the first get walks the tree ...
-    walked = len(listed)
-    assert walked == 5  # the root and its four partitions
-    assert [catalog.get(i).epoch for i in ids] == list(range(12))  # ... later ones do not
-    assert len(listed) == walked
-
+    fresh = Catalog.open(catalog.root)
+    assert [fresh.get(i).epoch for i in ids] == list(range(12))
+    assert len(fresh) == 12
+    assert fresh.best("accuracy").epoch == 11
     other = Catalog.open(catalog.root).append(row("r9", 99, 0.5))  # another writer's row
-    assert catalog.get(other).epoch == 99
-    assert len(listed) > walked
+    assert fresh.get(other).epoch == 99  # seen at once
+    assert listed  # the index was listed ...
+    assert all("_index" in p for p in listed)  # ... and nothing else
 
 
-def test_get_never_uses_a_file_that_is_gone_or_became_a_symlink(catalog: Catalog) -> None:
-    kept, removed, swapped = (catalog.append(row("r", i, 0.1)) for i in range(3))
-    for i in (kept, removed, swapped):
-        catalog.get(i)  # all three known to this catalog
-    catalog.path_of(removed).unlink()
-    with pytest.raises(RowNotFoundError):
-        catalog.get(removed)
+def test_get_never_follows_a_row_file_that_became_a_symlink(catalog: Catalog) -> None:
+    kept, swapped = (catalog.append(row("r", i, 0.1)) for i in range(2))
     path = catalog.path_of(swapped)
     target = path.with_name("elsewhere.bin")
     path.rename(target)
     path.symlink_to(target)
-    with pytest.raises(RowNotFoundError):
-        catalog.get(swapped)  # the walk never follows symlinks, and neither does the memory
+    with pytest.raises(RowFileError, match="is a symbolic link"):
+        catalog.get(swapped)
     assert catalog.get(kept).epoch == 0
+
+
+def test_plain_duckdb_reads_the_compacted_index(catalog: Catalog) -> None:
+    """docs/format.md, 6.4: a compacted index needs nothing but a Parquet reader."""
+    import duckdb
+
+    ids = filled(catalog)
+    catalog.delete([i for i, (run, epoch, _) in ids.items() if (run, epoch) == ("b", 0)])
+    catalog.compact()
+    glob = str(catalog.root / "_index" / "segments" / "*.parquet")
+    best = duckdb.sql(
+        f"SELECT row_id, run, epoch, accuracy, _path FROM read_parquet('{glob}') "
+        "ORDER BY accuracy DESC LIMIT 1"
+    ).fetchall()
+    expected = catalog.best("accuracy")
+    assert best == [(expected.row_id, expected.run, expected.epoch, expected.accuracy, best[0][4])]
+    assert (catalog.root / best[0][4]).is_file()
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()
+    assert count == [(len(catalog),)] == [(5,)]

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -340,12 +341,13 @@ def test_a_file_without_format_version_is_read_by_its_schema(tmp_path: Path) -> 
 
 # -- the golden catalog -----------------------------------------------------------------------------
 
-GOLDEN_CATALOG = V1 / make_golden.CATALOG
+GOLDEN_CATALOG = V1 / make_golden.CATALOG2  # what today's writer writes
+GOLDEN_CATALOGS = [V1 / make_golden.CATALOG, GOLDEN_CATALOG]  # every catalog format
 
 
 def _catalog_tree(root: Path) -> tuple[list[str], list[str]]:
     """(partition directories, row file names with the row id masked), sorted."""
-    dirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "_index")
     files = sorted(
         f"{p.parent.name}/<row_id>.{p.name.split('.', 1)[1]}" for p in root.rglob("*.arrow")
     )
@@ -362,8 +364,11 @@ def _logical_rows(root: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["run"], r["epoch"]))
 
 
-def test_reader_reads_the_golden_catalog() -> None:
-    catalog = Catalog.open(GOLDEN_CATALOG)
+@pytest.mark.parametrize("golden", GOLDEN_CATALOGS, ids=lambda p: p.name)
+def test_reader_reads_the_golden_catalog(golden: Path, tmp_path: Path) -> None:
+    # a copy: a catalog written before the index (format 1) gets its index on first use
+    shutil.copytree(golden, tmp_path / "catalog")
+    catalog = Catalog.open(tmp_path / "catalog")
     assert catalog.schema == "modelrows-golden.model@1>modelrows.model@1"
     assert catalog.partition_by == ("run",)
     assert len(catalog) == 3
@@ -387,6 +392,24 @@ def test_reader_reads_the_golden_catalog() -> None:
         assert got == want.to_dict()
 
 
+def _logical_index(root: Path) -> list[dict[str, Any]]:
+    """The index's rows without what varies between writes (ids, times, file names)."""
+    table = Catalog.open(root).index_table()
+    varying = ["row_id", "written_at", "_path", "_checksum"]
+    return sorted(table.drop_columns(varying).to_pylist(), key=lambda r: (r["run"], r["epoch"]))
+
+
+def test_a_catalog_written_before_the_index_is_indexed_on_first_use(tmp_path: Path) -> None:
+    shutil.copytree(V1 / make_golden.CATALOG, tmp_path / "old")
+    assert not (tmp_path / "old" / "_index").exists()
+    catalog = Catalog.open(tmp_path / "old")
+    assert catalog.format_version == 1
+    assert len(catalog) == 3  # built here, from the row files
+    assert (tmp_path / "old" / "_index" / "manifests").is_dir()
+    shutil.copytree(GOLDEN_CATALOG, tmp_path / "new")
+    assert _logical_index(tmp_path / "old") == _logical_index(tmp_path / "new")
+
+
 def test_writer_reproduces_the_golden_catalog(tmp_path: Path) -> None:
     fresh = make_golden.write_catalog(tmp_path / "catalog").root
     assert (fresh / "_modelrows_catalog.json").read_bytes() == (
@@ -394,3 +417,5 @@ def test_writer_reproduces_the_golden_catalog(tmp_path: Path) -> None:
     ).read_bytes()
     assert _catalog_tree(fresh) == _catalog_tree(GOLDEN_CATALOG)
     assert _logical_rows(fresh) == _logical_rows(GOLDEN_CATALOG)
+    shutil.copytree(GOLDEN_CATALOG, tmp_path / "golden")
+    assert _logical_index(fresh) == _logical_index(tmp_path / "golden")

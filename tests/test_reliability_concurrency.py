@@ -12,7 +12,7 @@ import pytest
 
 import workers
 from modelrows import Catalog
-from modelrows import _catalog as catalog_module
+from modelrows._catalog import _index as catalog_module
 from workers import StressRowV1
 
 WRITERS = 8
@@ -86,10 +86,10 @@ def test_row_ids_stay_unique_in_forked_children() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read_end)
-        os.write(write_end, catalog_module.new_row_id().encode())
+        os.write(write_end, catalog_module.new_id().encode())
         os._exit(0)
     os.close(write_end)
-    mine = catalog_module.new_row_id()
+    mine = catalog_module.new_id()
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as f:
         theirs = f.read().decode()

@@ -34,13 +34,28 @@ def temp_files(root: Path) -> list[Path]:
     return list(root.rglob(".*.tmp"))
 
 
-def expected_message(err: StorageError, kind: str, n: int) -> str:
+def expected_message(catalog: Catalog, err: StorageError, kind: str, n: int, rows: int = 1) -> str:
     cause = f"[Errno 5] injected failure of {kind} (call {n})"
-    if kind == "mkdir" or (kind == "directory fsync" and not err.visible):
-        return (
-            f"creating partition directory {err.path} failed at step {kind!r}: {cause}. "
-            "No row was written."
+    if rows == 1:
+        tail = (
+            "The row is in place but may not be durable yet."
+            if err.visible
+            else "The row was not added."
         )
+    else:
+        tail = (
+            "The rows are in place but may not be durable yet."
+            if err.visible
+            else "None of the rows was added."
+        )
+    return (
+        f"appending {rows} row{'s' if rows > 1 else ''} to {catalog.root} failed at step "
+        f"{kind!r} of {err.path}: {cause}. {tail}"
+    )
+
+
+def expected_rewrite_message(err: StorageError, kind: str, n: int) -> str:
+    cause = f"[Errno 5] injected failure of {kind} (call {n})"
     tail = (
         "The new file is in place but may not be durable yet."
         if err.visible
@@ -50,16 +65,19 @@ def expected_message(err: StorageError, kind: str, n: int) -> str:
 
 
 def check_append_outcome(
-    catalog: Catalog, err: StorageError, sent: FaultRowV1, before: int
+    catalog: Catalog, err: StorageError, sent: FaultRowV1, before: int, *, sticky: bool
 ) -> None:
-    files = Catalog.open(catalog.root)._row_files()  # the catalog opens; its rows, by id
-    mine = [p for p in files.values() if f"run={sent.run}" in p.parts]
-    if err.visible:  # the whole row, exactly as sent, where the error says
-        assert len(files) == before + 1 and mine == [Path(str(err.path))]
-        new = read_model_row(mine[0], verify=True)
+    fresh = Catalog.open(catalog.root)  # the catalog opens; what does it hold?
+    mine = fresh.sql(f"SELECT row_id FROM models WHERE run = '{sent.run}'").fetchall()
+    if err.visible:  # the whole row, exactly as sent
+        assert len(fresh) == before + 1 and len(mine) == 1
+        new = fresh.get(mine[0][0], verify=True)
         assert (new.run, new.epoch, new.weights) == (sent.run, sent.epoch, sent.weights)
-    else:  # nothing
-        assert len(files) == before and mine == []
+    else:  # nothing, and no file of it left behind
+        assert len(fresh) == before and mine == []
+        if sticky:  # a failing disk may fail the clean-up too: vacuum finishes it
+            catalog.vacuum(older_than=0)
+        assert not list(catalog.root.glob(f"run={sent.run}/*/*.arrow"))
 
 
 @pytest.mark.parametrize("sticky", [False, True], ids=["one-failure", "failing-from-then-on"])
@@ -67,6 +85,7 @@ def test_each_step_of_an_append_fails_in_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sticky: bool
 ) -> None:
     catalog = Catalog.create(tmp_path / "c", FaultRowV1, partition_by=["run", "epoch"])
+    catalog.append(row("warm-up"))  # the index's log directory exists from the first append on
     faults = Faults(monkeypatch)
     with faults.armed() as trace:
         catalog.append(row("clean"))
@@ -80,8 +99,10 @@ def test_each_step_of_an_append_fails_in_turn(
         assert err.step == kind, (n, kind, str(err))
         call = int(str(err).split("(call ")[1].split(")")[0])
         assert call == n or (sticky and call > n)  # a failing disk fails the cleanup too
-        assert str(err) == expected_message(err, kind, call)
-        check_append_outcome(catalog, err, sent, before)
+        assert str(err) == expected_message(catalog, err, kind, call)
+        # the index entry's link publishes the row: only its tmp unlink and dir fsync come after
+        assert err.visible == (n > len(trace) - 2)
+        check_append_outcome(catalog, err, sent, before, sticky=sticky)
         if not sticky:
             assert temp_files(catalog.root) == []  # the failed append cleaned up after itself
         else:  # a failing disk may leave a temporary file, which no reader sees
@@ -96,6 +117,7 @@ def test_append_many_is_all_or_nothing_under_each_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catalog = Catalog.create(tmp_path / "c", FaultRowV1, partition_by=["run"])
+    catalog.append(row("warm-up"))  # the index's log directory exists from the first append on
     faults = Faults(monkeypatch)
     with faults.armed() as trace:
         catalog.append_many([row("a"), row("b")])
@@ -108,14 +130,9 @@ def test_append_many_is_all_or_nothing_under_each_failure(
         expected = before + 2 if info.value.visible else before
         assert len(Catalog.open(catalog.root)) == expected, (n, kind, str(info.value))
         err = info.value
-        assert str(err) == (
-            f"appending 2 rows failed at step {kind!r} of {err.path}: [Errno 5] injected failure "
-            f"of {kind} (call {n}). "
-            + ("The rows are in place but may not be durable yet." if err.visible
-               else "None of the rows was added.")
-        )  # fmt: skip
-        # only the final directory fsyncs come after the rows are in place
-        assert err.visible == all(k == "directory fsync" for k in trace[n - 1 :])
+        assert str(err) == expected_message(catalog, err, kind, n, rows=2)
+        # the index entry's link publishes the rows: only its tmp unlink and dir fsync come after
+        assert err.visible == (n > len(trace) - 2)
         assert temp_files(catalog.root) == []
     assert catalog.verify() == []
     print(f"\nappend_many of 2 rows: {len(trace)} injection points {dict(Counter(trace))}")
@@ -140,7 +157,7 @@ def test_rewriting_a_row_file_keeps_the_old_one_until_the_new_one_is_complete(
         err = info.value
         call = int(str(err).split("(call ")[1].split(")")[0])
         assert call == n or (sticky and call > n)
-        assert err.step == kind and str(err) == expected_message(err, kind, call)
+        assert err.step == kind and str(err) == expected_rewrite_message(err, kind, call)
         if err.visible:  # failed after the rename: the new file, whole
             assert read_model_row(path, verify=True) == new
             assert kind == "directory fsync"

@@ -20,6 +20,7 @@ import traceback
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 
 from modelrows import Catalog, ModelV1, fetch_weights
@@ -93,6 +94,8 @@ def appender(root: str, report: str, seed: int) -> None:
     """Append forever (until killed); write each returned row id to ``report``."""
     catalog = Catalog.open(root)
     rng = random.Random(seed)
+    len(catalog)  # the index read once: what a first query imports is loaded before "ready"
+    pa.array([0]).to_numpy()  # pyarrow's first conversion imports pandas (when installed)
     _report(report, "ready")
     for epoch in range(1_000_000):
         numel = rng.choice([16, 4096, 262_144, 1_048_576])  # 64 B .. 4 MiB of float32

@@ -37,10 +37,20 @@ from ._errors import (
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._blob import TensorEntry
     from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._diff import TensorDiff, diff_weights
     from ._format import FORMAT_VERSION
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
+    from ._safetensors import export_safetensors, import_safetensors
     from ._schema import ModelV1, Row
+    from ._training import (
+        Checkpointer,
+        TrainingStateError,
+        TrainingStateV1,
+        read_training_state,
+        restore_training_state,
+        training_state,
+    )
     from ._version import __version__
     from ._weights import LoadReport, Weights, fetch_weights, load_weights
 
@@ -49,12 +59,22 @@ _LAZY = {
     "Catalog": "._catalog",
     "CorruptRow": "._catalog",
     "OnCorrupt": "._catalog",
+    "TensorDiff": "._diff",
+    "diff_weights": "._diff",
     "LegolasFluxModelV1": "._legolasflux",
     "read_model_row": "._rowfile",
     "write_model_row": "._rowfile",
+    "export_safetensors": "._safetensors",
+    "import_safetensors": "._safetensors",
     "FORMAT_VERSION": "._format",
     "ModelV1": "._schema",
     "Row": "._schema",
+    "Checkpointer": "._training",
+    "TrainingStateError": "._training",
+    "TrainingStateV1": "._training",
+    "read_training_state": "._training",
+    "restore_training_state": "._training",
+    "training_state": "._training",
     "LoadReport": "._weights",
     "TensorEntry": "._blob",
     "Weights": "._weights",
@@ -83,6 +103,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Catalog",
     "CatalogError",
+    "Checkpointer",
     "CommandLineError",
     "CorruptRow",
     "CorruptRowError",
@@ -101,15 +122,24 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "StorageError",
+    "TensorDiff",
     "TensorEntry",
+    "TrainingStateError",
+    "TrainingStateV1",
     "UnknownSchemaError",
     "UnsupportedFeatureError",
     "Weights",
     "WeightsError",
     "WeightsMismatchError",
     "__version__",
+    "diff_weights",
+    "export_safetensors",
     "fetch_weights",
+    "import_safetensors",
     "load_weights",
     "read_model_row",
+    "read_training_state",
+    "restore_training_state",
+    "training_state",
     "write_model_row",
 ]

@@ -160,8 +160,12 @@ CATALOG_FILE = "_modelrows_catalog.json"
 CATALOG_FORMAT = "modelrows.catalog"
 """The ``format`` value of the catalog description."""
 
-CATALOG_FORMAT_VERSION = 1
-"""The ``format_version`` of the catalog description this library writes."""
+CATALOG_FORMAT_VERSION = 2
+"""The ``format_version`` of the catalog description this library writes: 2, the catalog has an
+index under ``_index/`` (section 7); 1, row files alone (indexed on first use)."""
+
+INDEX_DIR = "_index"
+"""The catalog index's directory (prefix) under the root (section 7)."""
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The partition value hive readers take for None; no partition value may be it."""

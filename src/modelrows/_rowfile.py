@@ -257,6 +257,13 @@ def prepare_row_file(
     fsync: bool = True,
 ) -> PendingFile:
     """Write one row (plus ``managed`` columns) under a temporary name; commit() publishes it."""
+    return PendingFile(Path(path), row_writer(row, managed=managed), fsync=fsync)
+
+
+def row_writer(
+    row: Row, *, managed: Mapping[str, tuple[pa.DataType, Any]] | None = None
+) -> Callable[[IO[bytes]], None]:
+    """What writes one row (plus ``managed`` columns) to a file object, sequentially."""
     if not isinstance(row, Row) or not type(row).__identifier__:
         raise RowValidationError(
             f"expected a row (an instance of a declared Row class), got {type(row).__name__}"
@@ -266,7 +273,7 @@ def prepare_row_file(
         layout = (type(row), tuple(managed or ()))
         _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f, layout=layout)
 
-    return PendingFile(Path(path), write, fsync=fsync)
+    return write
 
 
 def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:

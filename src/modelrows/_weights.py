@@ -76,6 +76,7 @@ class Weights(Mapping[str, "torch.Tensor"]):
         "_stored_checksum",
         "_tensors",
         "_where",
+        "_written_checksum",
     )
 
     _storage_t: torch.Tensor | None  # None until packed (_from_tensors) or asked for (_from_file)
@@ -89,6 +90,7 @@ class Weights(Mapping[str, "torch.Tensor"]):
     _checksum: str | None
     _fingerprint: str | None
     _stored_checksum: str | None
+    _written_checksum: str | None
 
     def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         storage, entries = pack(tensors or {})
@@ -109,6 +111,7 @@ class Weights(Mapping[str, "torch.Tensor"]):
         object.__setattr__(self, "_checksum", None)
         object.__setattr__(self, "_fingerprint", None)
         object.__setattr__(self, "_stored_checksum", None)
+        object.__setattr__(self, "_written_checksum", None)
         object.__setattr__(self, "_owned", False)
         object.__setattr__(self, "_live", False)
         object.__setattr__(self, "_layout_cache", None)
@@ -188,9 +191,15 @@ class Weights(Mapping[str, "torch.Tensor"]):
         return self._layout_cache
 
     def _wrote(self, checksum: str) -> None:
-        """Remember the checksum a write computed over these weights' bytes (unless live)."""
+        """Remember the checksum a write computed over these weights' bytes (as their checksum
+        unless live; as the last write's in any case, which the catalog index records)."""
+        object.__setattr__(self, "_written_checksum", checksum)
         if not self._live:
             object.__setattr__(self, "_checksum", checksum)
+
+    def _last_written_checksum(self) -> str:
+        """The checksum the last write of these weights stored (computed now if none)."""
+        return self._written_checksum or self.checksum
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Weights are immutable; build new ones with fetch_weights()")

@@ -132,7 +132,9 @@ GOLDEN: dict[str, Callable[[], Row]] = {
 """Golden file name -> the row it holds."""
 
 MANIFEST = "MANIFEST.json"
-CATALOG = "catalog"
+CATALOG = "catalog"  # catalog format 1: row files alone (written before the index)
+CATALOG2 = "catalog2"  # catalog format 2: row files and the Parquet index
+CATALOGS = (CATALOG2,)  # what today's writer writes (the older ones stay as they were)
 
 
 def catalog_rows() -> list[Row]:
@@ -179,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(GOLDEN)} golden files to {out}")
-    if not (out / CATALOG).exists():
-        write_catalog(out / CATALOG)
-        print(f"wrote the golden catalog to {out / CATALOG}")
+    for name in CATALOGS:
+        if not (out / name).exists():
+            write_catalog(out / name)
+            print(f"wrote the golden catalog to {out / name}")
     return 0
 
 

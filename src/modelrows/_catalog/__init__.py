@@ -1,14 +1,15 @@
-"""The catalog: one row per checkpoint in a hive-partitioned Arrow dataset on disk.
+"""The catalog: one row per checkpoint in a hive-partitioned directory of Arrow files, and an
+index of their metadata in Parquet that every query reads.
 
 Layout (docs/format.md)::
 
     root/_modelrows_catalog.json                      what the catalog remembers
-    root/<key>=<value>/.../<row_id>.<schema>.arrow    one immutable file per append
+    root/<key>=<value>/.../<row_id>.<schema>.arrow    one immutable file per row: the truth
+    root/_index/...                                   the index (see _index.py): derived data
 
-Appends need no lock: each row is written under a temporary name (``.``-prefixed, ``.tmp``
-suffix), flushed and fsynced, then hard-linked into place under a unique, time-ordered row id,
-and the directory is fsynced. Queries go through one pyarrow dataset, which Polars and DuckDB
-scan with projection and filter pushdown: a query that does not name ``weights`` reads none of it.
+An append writes the row file (create-if-absent), then publishes its index entry
+(create-if-absent): the entry is the commit point. A delete publishes a delete entry, then
+removes the files. Queries never list or open the row files; ``get`` opens exactly one.
 """
 
 from __future__ import annotations
@@ -27,15 +28,11 @@ import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
-import duckdb
-import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 
-from .._arrowtypes import IntType
-from .._atomic import PendingFile, fsync_dir, write_atomic
+from .._arrowtypes import IntType, WeightsType
 from .._errors import (
     CatalogError,
     CorruptRowError,
@@ -50,91 +47,159 @@ from .._format import (
     CATALOG_FORMAT,
     CATALOG_FORMAT_VERSION,
     HIVE_NULL,
-    ROW_ID,
+    MANAGED_COLUMNS,
     ROW_ID_TYPE,
-    WRITTEN_AT,
     WRITTEN_AT_TYPE,
+    is_row_file_name,
     is_temp_name,
     is_weights_type,
     managed_fields,
-    parse_row_file_name,
-    parse_temp_name,
     row_file_name,
 )
 from .._ipcguard import check_schema_message
 from .._rowfile import (
     PathLike,
     decode_row,
-    prepare_row_file,
-    read_model_row,
     read_row_file,
+    row_writer,
     verify_row,
 )
 from .._schema import ModelV1, Row, nearest_declared
+from . import _index
+from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
+from ._store import LocalStore, Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    import duckdb
+    import polars as pl
+    import pyarrow.dataset as ds
 
 __all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 
 MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
-_PROGRESS_MIN_ROWS = 1000  # verify() shows a progress bar by default from this many rows
+_MAX_DESCRIPTION_BYTES = 1 << 20
+_PROGRESS_MIN_ROWS = 1000  # verify() and reindex() show a progress bar by default from here
+_SLOW_NOTICE_S = 1.0  # building an index that takes longer says so on stderr
 
 OnCorrupt = Literal["raise", "skip"]
-"""What a query does with a row file it cannot read: raise an error naming it, or skip it with a
+"""What loading a row whose file cannot be read does: raise an error naming it, or skip it with a
 :class:`~modelrows.CorruptRowWarning`."""
+
+new_row_id = new_id
 
 
 class CorruptRow(NamedTuple):
-    """A row :meth:`Catalog.verify` found unreadable or corrupt."""
+    """A row :meth:`Catalog.verify` found missing, unreadable or corrupt."""
 
     row_id: str
     path: Path
     problem: str
 
 
-# -- row ids: ULIDs (48-bit milliseconds, 80 random bits, Crockford base32), monotonic per process --
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_id_lock = threading.Lock()
-_last_id = [0, 0]
-
-
-def new_row_id() -> str:
-    """A unique, time-ordered 26-character row id (a ULID)."""
-    with _id_lock:
-        ms = time.time_ns() // 1_000_000
-        if ms <= _last_id[0]:
-            ms, rand = _last_id[0], _last_id[1] + 1  # same millisecond: count up
-        else:
-            rand = int.from_bytes(secrets.token_bytes(10), "big")
-        _last_id[0], _last_id[1] = ms, rand
-    value = (ms << 80) | (rand & ((1 << 80) - 1))
-    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
-
-
-def _forget_last_id() -> None:
-    """In a forked child: draw fresh randomness, or parent and children would count up alike."""
-    global _id_lock
-    _id_lock = threading.Lock()
-    _last_id[0] = _last_id[1] = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_last_id)
-
-
 def _encode_segment(key: str, value: object) -> str:
     return f"{key}={urllib.parse.quote(str(value), safe='')}"
 
 
-def _is_regular(path: Path) -> bool:
-    """Whether ``path`` is a regular file (not a symlink to one, as the tree walk requires)."""
+def _description_error(path: object, problem: str) -> CatalogError:
+    return CatalogError(
+        f"{path} is not a valid catalog description: {problem}. It is not what Catalog.create "
+        "wrote; restore it, or create the catalog again in an empty directory."
+    )
+
+
+def _read_description(path: Path) -> bytes:
+    """The description file's bytes: a regular file of bounded size (never a FIFO or a device)."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CatalogError(f"cannot read {path}: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise _description_error(path, "it is not a regular file")
+    if st.st_size > _MAX_DESCRIPTION_BYTES:
+        raise _description_error(path, f"{st.st_size} bytes, more than any description holds")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise CatalogError(f"cannot read {path}: {exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(_MAX_DESCRIPTION_BYTES + 1)
+    if len(raw) > _MAX_DESCRIPTION_BYTES:
+        raise _description_error(path, "it is larger than any description")
+    return raw
+
+
+def _parse_description(raw: bytes, path: object) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _description_error(path, f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise _description_error(path, f"a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != CATALOG_FORMAT:
+        raise _description_error(path, "'format' is not 'modelrows.catalog'")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _description_error(path, f"'format_version' is {version!r}")
+    if version > CATALOG_FORMAT_VERSION:
+        raise CatalogError(
+            f"{path}: catalog format version {version!r}; this modelrows reads up to "
+            f"{CATALOG_FORMAT_VERSION}. Upgrade modelrows to open it."
+        )
+    schema, keys = meta.get("schema"), meta.get("partition_by")
+    if not isinstance(schema, str):
+        raise _description_error(path, "'schema' is missing or not a string")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _description_error(path, "'partition_by' is not a list of column names")
+    if len(set(keys)) != len(keys):
+        raise _description_error(path, f"'partition_by' repeats a column: {keys}")
+    try:
+        raw_schema = base64.b64decode(meta.get("arrow_schema") or "", validate=True)
+        check_schema_message(raw_schema, where=f"{path} ('arrow_schema')")
+        arrow_schema = pa.ipc.read_schema(pa.py_buffer(raw_schema))
+    except (ModelRowsError, ValueError, TypeError, pa.ArrowException) as exc:
+        raise _description_error(path, f"'arrow_schema' cannot be read ({exc})") from exc
+    for key in keys:
+        if key not in arrow_schema.names:
+            raise _description_error(path, f"'partition_by' names {key!r}, not a column")
+        t = arrow_schema.field(key).type
+        if not (pa.types.is_string(t) or pa.types.is_integer(t)):
+            raise _description_error(path, f"partition column {key!r} is {t}, not str or int")
+    if list(arrow_schema.names[: len(MANAGED_COLUMNS)]) != list(MANAGED_COLUMNS):
+        raise _description_error(path, "'arrow_schema' lacks the managed columns")
+    meta["_arrow_schema"] = arrow_schema
+    return meta
+
+
+def open_store(root: PathLike | str) -> Store:
+    """The store a catalog location names: a local path or ``file://`` URL, or ``s3://``."""
+    text = str(root)
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        return LocalStore(Path(root))
+    if scheme == "file":
+        return LocalStore(Path(urllib.parse.unquote(urllib.parse.urlparse(text).path)))
+    if scheme == "s3":
+        try:
+            from ._s3 import S3Store  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise CatalogError(
+                f"{text}: S3 catalogs need the s3 extra: pip install 'modelrows[s3]' ({exc})"
+            ) from exc
+        return S3Store.from_url(text)  # type: ignore[no-any-return,unused-ignore]
+    raise CatalogError(
+        f"{text}: unsupported URL scheme {scheme!r}; a catalog is a local path, a file:// URL "
+        "or an s3://bucket/prefix URL"
+    )
 
 
 class Catalog:
-    """A partitioned Arrow dataset of model rows on disk.
+    """A partitioned dataset of model rows, one immutable Arrow file each, with a Parquet index.
+
+    A ``Catalog`` may be shared by threads: every thread queries through its own DuckDB
+    connection, and appends, deletes and compactions are safe between threads as between
+    processes.
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights
@@ -149,24 +214,30 @@ class Catalog:
     1
     """
 
-    def __init__(self, root: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, store: Store, meta: dict[str, Any]) -> None:
         """Use :meth:`create` or :meth:`open`."""
-        self.root = root
+        self.store = store
+        local = store.local_path("")
+        self.root: Path = local if local is not None else Path(store.url)
+        self.url = store.url
         self.schema: str = meta["schema"]
         self.partition_by: tuple[str, ...] = tuple(meta["partition_by"])
         self.arrow_schema: pa.Schema = meta["_arrow_schema"]
+        self.format_version: int = meta["format_version"]
         self.schema_name = self.schema.split(">")[0].split("@")[0]
-        self._con: duckdb.DuckDBPyConnection | None = None
-        # what _problem found per file, keyed by (inode, size, mtime): row files are immutable
-        self._checked: dict[Path, tuple[tuple[int, int, int], _Problem | None]] = {}
-        self._files: dict[str, Path] = {}  # row id -> file, as of the last walk of the tree
+        self._weights = frozenset(f.name for f in self.arrow_schema if is_weights_type(f.type))
+        self._index = Index(store, _index.index_schema(self.arrow_schema, self._weights))
+        self._local = threading.local()  # one DuckDB connection per thread
+        self._indexed = False
 
     # -- creating and opening -------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, root: PathLike, row_class: type[Row], *, partition_by: Sequence[str] = ()
+        cls, root: PathLike | str, row_class: type[Row], *, partition_by: Sequence[str] = ()
     ) -> Catalog:
-        """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there)."""
+        """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there).
+
+        Idempotent: any number of processes may create the same catalog at once."""
         if not (isinstance(row_class, type) and issubclass(row_class, ModelV1)):
             raise CatalogError(
                 f"a catalog holds model rows: {row_class!r} does not extend ModelV1 "
@@ -189,7 +260,7 @@ class Catalog:
                 )
         if len(set(keys)) != len(keys):
             raise CatalogError(f"partition_by repeats a field: {keys}")
-        target = Path(root)
+        store = open_store(root)
         file_schema = _file_schema(row_class)
         meta = {
             "format": CATALOG_FORMAT,
@@ -198,88 +269,57 @@ class Catalog:
             "partition_by": keys,
             "arrow_schema": base64.b64encode(file_schema.serialize().to_pybytes()).decode("ascii"),
         }
-        existing = target / CATALOG_FILE
-        if not existing.exists():
-            if target.exists() and any(
-                not p.name.startswith(".") and p.name != "README.md" for p in target.iterdir()
-            ):
-                raise CatalogError(
-                    f"{target} is not empty and holds no catalog; choose an empty or new directory"
-                )
-            target.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(meta, indent=2).encode("utf-8") + b"\n"
-
-            def write(f: IO[bytes]) -> None:
-                f.write(text)
-
-            try:
-                write_atomic(existing, write, replace=False)
-            except ModelRowsError:
-                if not existing.exists():  # lost a race with another creator: compare below
-                    raise
-        catalog = cls.open(target)
+        local = store.local_path("")
+        if local is not None:
+            _check_empty_for_create(local)
+        text = json.dumps(meta, indent=2).encode("utf-8") + b"\n"
+        store.put_if_absent(CATALOG_FILE, text)  # False: another creator was first; compare
+        catalog = cls._open(store)
         if catalog.schema != row_class.__qualified__ or catalog.partition_by != tuple(keys):
             raise CatalogError(
-                f"{target} already holds a catalog of {catalog.schema} partitioned by "
+                f"{store.url} already holds a catalog of {catalog.schema} partitioned by "
                 f"{list(catalog.partition_by)}; cannot create one of {row_class.__qualified__} "
                 f"partitioned by {keys}. Open it with Catalog.open, or choose another directory."
             )
+        if catalog.format_version >= 2:
+            catalog._index.create_empty()
         return catalog
 
     @classmethod
-    def open(cls, root: PathLike) -> Catalog:
-        """Open the catalog at ``root``; its row class need not be imported for queries."""
-        target = Path(root)
-        path = target / CATALOG_FILE
+    def open(cls, root: PathLike | str) -> Catalog:
+        """Open the catalog at ``root`` (a path, ``file://`` or ``s3://`` URL); its row class
+        need not be imported for queries."""
+        return cls._open(open_store(root))
+
+    @classmethod
+    def _open(cls, store: Store) -> Catalog:
+        local = store.local_path(CATALOG_FILE)
+        where = local if local is not None else f"{store.url}/{CATALOG_FILE}"
         try:
-            raw = path.read_bytes()
+            raw = _read_description(local) if local is not None else store.get(CATALOG_FILE)
         except FileNotFoundError:
             raise CatalogError(
-                f"no catalog at {target} ({CATALOG_FILE} is missing); create one with "
+                f"no catalog at {store.url} ({CATALOG_FILE} is missing); create one with "
                 "Catalog.create(root, RowClass, partition_by=[...])"
             ) from None
-        except OSError as exc:
-            raise CatalogError(f"cannot read {path}: {exc}") from exc
-        try:
-            meta = json.loads(raw)
-            if meta.get("format") != CATALOG_FORMAT:
-                raise ValueError(f"'format' is not {CATALOG_FORMAT!r}")
-            version = meta.get("format_version")
-            if not isinstance(version, int) or version > CATALOG_FORMAT_VERSION:
-                raise CatalogError(
-                    f"{path}: catalog format version {version!r}; this modelrows reads up to "
-                    f"{CATALOG_FORMAT_VERSION}. Upgrade modelrows to open it."
-                )
-            if not isinstance(meta.get("schema"), str) or not isinstance(
-                meta.get("partition_by"), list
-            ):
-                raise ValueError("'schema' or 'partition_by' is missing")
-            raw_schema = base64.b64decode(meta["arrow_schema"], validate=True)
-            check_schema_message(raw_schema, where=f"{path} ('arrow_schema')")
-            meta["_arrow_schema"] = pa.ipc.read_schema(pa.py_buffer(raw_schema))
-        except CatalogError:
-            raise
-        except (ModelRowsError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:
-            raise CatalogError(f"{path} is not a valid catalog description: {exc}") from exc
-        return cls(target, meta)
+        return cls(store, _parse_description(raw, where))
 
     def __repr__(self) -> str:
         return (
-            f"Catalog({str(self.root)!r}, schema={self.schema!r}, "
-            f"partition_by={list(self.partition_by)})"
+            f"Catalog({self.url!r}, schema={self.schema!r}, partition_by={list(self.partition_by)})"
         )
 
     @property
     def row_class(self) -> type[Row]:
         """The nearest class of the catalog's schema declared in this process."""
-        return nearest_declared(self.schema, where=str(self.root))
+        return nearest_declared(self.schema, where=self.url)
 
     # -- appending ----------------------------------------------------------------------------------
     def _check_row(self, row: Row) -> list[str]:
         qualified = getattr(type(row), "__qualified__", None)
         if not isinstance(row, Row) or qualified != self.schema:
             raise CatalogError(
-                f"{self.root} holds {self.schema} rows; refusing a row of "
+                f"{self.url} holds {self.schema} rows; refusing a row of "
                 f"{qualified or type(row).__name__}"
             )
         segments = []
@@ -287,7 +327,7 @@ class Catalog:
             value = getattr(row, key)
             if value is None:
                 raise CatalogError(
-                    f"partition field {key!r} is None; every row of {self.root} needs a {key}"
+                    f"partition field {key!r} is None; every row of {self.url} needs a {key}"
                 )
             if value == "":
                 raise CatalogError(f"partition field {key!r} is empty; give it a value")
@@ -305,266 +345,418 @@ class Catalog:
             segments.append(segment)
         return segments
 
-    def _prepare(self, row: Row, segments: list[str], *, fsync: bool) -> tuple[str, PendingFile]:
-        directory = self.root.joinpath(*segments)
-        self._mkdirs(directory, fsync=fsync)
-        row_id = new_row_id()
-        managed = {
-            ROW_ID: (ROW_ID_TYPE, row_id),
-            WRITTEN_AT: (WRITTEN_AT_TYPE, dt.datetime.now(dt.timezone.utc)),
-        }
-        path = directory / row_file_name(row_id, self.schema_name)
-        return row_id, prepare_row_file(path, row, managed=managed, fsync=fsync)
+    def _write_row(self, row: Row, segments: list[str], *, fsync: bool) -> pa.Table:
+        """Write one row file (not yet visible to queries); return its index row."""
+        row_id = new_id()
+        written_at = dt.datetime.now(dt.timezone.utc)
+        managed = {"row_id": (ROW_ID_TYPE, row_id), "written_at": (WRITTEN_AT_TYPE, written_at)}
+        key = "/".join([*segments, row_file_name(row_id, self.schema_name)])
+        write = row_writer(row, managed=managed)
+        size = [0]
 
-    def _mkdirs(self, directory: Path, *, fsync: bool) -> None:
-        missing = []
-        d = directory
-        while not d.exists() and d != self.root:
-            missing.append(d)
-            d = d.parent
-        for d in reversed(missing):
-            step = "mkdir"
-            try:
-                d.mkdir(exist_ok=True)
-                if fsync:
-                    step = "directory fsync"
-                    fsync_dir(d.parent)
-            except OSError as exc:
-                raise StorageError(
-                    f"creating partition directory {d} failed at step {step!r}: {exc}. "
-                    "No row was written.",
-                    path=str(d),
-                    step=step,
-                ) from exc
+        def counted(f: IO[bytes]) -> None:
+            write(f)
+            size[0] = f.tell()
+
+        try:
+            created = self.store.put_stream_if_absent(key, counted, fsync=fsync)
+        except StorageError as exc:
+            if exc.visible:  # in place, but not published: take it back
+                with contextlib.suppress(ModelRowsError, OSError):
+                    self.store.delete(key)
+            raise StorageError(
+                str(exc), path=exc.path, step=exc.step, visible=False
+            ) from exc.__cause__
+        if not created:
+            raise CatalogError(f"{self.url}/{key} exists already; row ids must be unique")
+        return self._index_row(row, row_id, written_at, key, size[0])
+
+    def _index_row(
+        self, row: Row, row_id: str, written_at: dt.datetime, key: str, size: int
+    ) -> pa.Table:
+        cls = type(row)
+        arrays: list[pa.Array] = [
+            pa.array([row_id], ROW_ID_TYPE),
+            pa.array([written_at], WRITTEN_AT_TYPE),
+        ]
+        checksums = []
+        for f in self.arrow_schema:
+            if f.name in MANAGED_COLUMNS:
+                continue
+            ftype = cls.__row_fields__[f.name].type
+            value = getattr(row, f.name)
+            if isinstance(ftype, WeightsType):
+                checksums.append(value._last_written_checksum() if value is not None else "")
+            else:
+                arrays.append(ftype.to_arrow([value]))
+        arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
+        return pa.Table.from_arrays(arrays, schema=self._index.schema)
 
     def append(self, row: Row, *, fsync: bool = True) -> str:
-        """Write ``row`` as one immutable file in its partition; return its new row id.
+        """Write ``row`` as one immutable file in its partition and publish it in the index;
+        return its new row id.
 
         Atomic and lock-free: concurrent writers in separate processes never collide, and a
-        crash leaves either the whole row or nothing visible. ``fsync=False`` skips the flushes
-        to stable storage (faster; a power loss may then lose recent rows, never tear one).
+        crash leaves either the whole row or nothing visible. The row is visible to every
+        reader (in any process) once this returns. ``fsync=False`` skips the flushes to stable
+        storage (faster; a power loss may then lose recent rows, never tear one).
         """
-        segments = self._check_row(row)
-        row_id, pending = self._prepare(row, segments, fsync=fsync)
-        pending.commit(replace=False)
-        return row_id
+        return self.append_many([row], fsync=fsync)[0]
 
     def append_many(self, rows: Iterable[Row], *, fsync: bool = True) -> list[str]:
-        """Append several rows: every row is checked and written before any becomes visible."""
+        """Append several rows, all or nothing: every row file is written first, then one index
+        entry publishes them together (a crash before it leaves none visible)."""
         batch = list(rows)
         segments = [self._check_row(r) for r in batch]
-        prepared: list[tuple[str, PendingFile]] = []
+        if not batch:
+            return []
+        self._ensure_index()
+        written: list[pa.Table] = []
         try:
             for row, segs in zip(batch, segments, strict=True):
-                prepared.append(self._prepare(row, segs, fsync=fsync))
-            for _, pending in prepared:
-                pending.commit(replace=False, sync_dir=False)
+                written.append(self._write_row(row, segs, fsync=fsync))
+            entries = pa.concat_tables(written) if len(written) > 1 else written[0]
+            ids = entries.column("row_id").to_pylist()
+            self._index.publish_add(ids[0], entries, fsync=fsync)
         except BaseException as exc:
-            stuck = []
-            for _, pending in prepared:
-                pending.abort()
-                if pending.visible:  # take back what became visible: all or nothing
-                    try:
-                        pending.path.unlink()
-                    except OSError:
-                        stuck.append(str(pending.path))
+            visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
+            if not visible:
+                for table in written:  # never published: take the files back
+                    with contextlib.suppress(ModelRowsError, OSError):
+                        self.store.delete(table.column(PATH)[0].as_py())
             if not isinstance(exc, StorageError):
                 raise
+            n = len(batch)
             raise StorageError(
-                f"appending {len(batch)} rows failed at step {exc.step!r} of {exc.path}: "
-                f"{exc.__cause__}. "
+                f"appending {n} row{'s' if n > 1 else ''} to {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
                 + (
-                    f"Rows already in place could not be taken back: {', '.join(stuck)}."
-                    if stuck
-                    else "None of the rows was added."
+                    f"The row{'s are' if n > 1 else ' is'} in place but may not be durable yet."
+                    if visible
+                    else f"{'None of the rows was' if n > 1 else 'The row was not'} added."
                 ),
                 path=exc.path,
                 step=exc.step,
-                visible=bool(stuck),
-            ) from exc
-        if fsync:
-            for directory in sorted({p.path.parent for _, p in prepared}):
-                try:
-                    fsync_dir(directory)
-                except OSError as exc:
-                    raise StorageError(
-                        f"appending {len(batch)} rows failed at step 'directory fsync' of "
-                        f"{directory}: {exc}. The rows are in place but may not be durable yet.",
-                        path=str(directory),
-                        step="directory fsync",
-                        visible=True,
-                    ) from exc
-        return [row_id for row_id, _ in prepared]
+                visible=visible,
+            ) from exc.__cause__
+        self._maybe_compact(
+            fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
+        )
+        return [str(i) for i in ids]
 
-    # -- finding files ------------------------------------------------------------------------------
-    def _row_files(self) -> dict[str, Path]:
-        """Every row file under the root, by row id, without opening any."""
-        found: dict[str, Path] = {}
-        depth = len(self.partition_by)
+    def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
+        """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
+        the temporary files dead writers left in ``directory`` (the partition just written) and
+        in the log (what an append can leave); a cheap, bounded amount of work."""
+        if secrets.randbelow(_index.CHECK_EVERY):
+            return
+        with contextlib.suppress(ModelRowsError, OSError):
+            if self._index.log_size() >= COMPACT_AT:
+                self._index.compact(fsync=fsync)
+            for prefix in {directory, _index.LOG}:
+                if prefix:
+                    self.store.cleanup_uploads(3600.0, prefix)
 
-        def walk(directory: Path, level: int) -> None:
-            try:
-                entries = list(os.scandir(directory))
-            except FileNotFoundError:
-                return
-            for entry in entries:
-                if entry.name.startswith((".", "_")):
-                    continue
-                if level < depth:
-                    if entry.is_dir(follow_symlinks=False) and "=" in entry.name:
-                        walk(Path(entry.path), level + 1)
-                elif (parsed := parse_row_file_name(entry.name)) and entry.is_file(
-                    follow_symlinks=False
+    # -- the index ----------------------------------------------------------------------------------
+    def _ensure_index(self) -> None:
+        """Build the index of a catalog that has none (written before indexes, or lost)."""
+        if self._indexed:
+            return
+        if not self._index.manifests():
+            start = time.monotonic()
+            self.reindex(progress=None, _notice_from=start)
+        self._indexed = True
+
+    def _snapshot(self) -> _index.Snapshot:
+        self._ensure_index()
+        return self._index.snapshot()
+
+    def index_table(self) -> pa.Table:
+        """Every live row's index entry as an Arrow table: the non-weight columns, ``row_id``,
+        ``written_at``, and ``_path`` (the row file, relative to the root), ``_size``,
+        ``_checksum`` (docs/format.md, "The catalog index")."""
+        return self._snapshot().table
+
+    def index_files(self) -> list[str]:
+        """The keys of the compacted index's Parquet files after a :meth:`compact` (the rows
+        appended since are in ``_index/log/``); engines such as Ray or Spark read them."""
+        manifest = self._index.latest()
+        return list(manifest.segments) if manifest is not None else []
+
+    def compact(self, *, full: bool = True, fsync: bool = True) -> bool:
+        """Fold the index's recent entries into its Parquet segments (``full``: into one,
+        dropping deleted rows); return whether a new index state was published. Safe at any
+        time, with any number of appenders, readers, deleters and other compactors."""
+        self._ensure_index()
+        return self._index.compact(full=full, fsync=fsync) is not None
+
+    def reindex(
+        self,
+        *,
+        progress: bool | Callable[[int, int], None] | None = None,
+        _notice_from: float | None = None,
+    ) -> int:
+        """Rebuild the index from the row files (the truth); return the number of rows indexed.
+
+        Row files that cannot be read, or that are not the row their name says, are left out
+        (``verify()`` names them). Deletes recorded in the index are kept when it can be read."""
+        log_before = [k[len(_index.LOG) :] for k, _ in self.store.list(_index.LOG)]
+        deleted: set[str] = set()
+        with contextlib.suppress(ModelRowsError):
+            manifest = self._index.latest()
+            if manifest is not None:
+                deleted |= manifest.deleted
+        for name in log_before:
+            if name.endswith(".del.parquet"):
+                with contextlib.suppress(ModelRowsError, _index.StaleRead):
+                    deleted |= set(
+                        self._index._parquet(_index.LOG + name).column("row_id").to_pylist()
+                    )
+        files = self._row_files()
+        step, close = _progress(progress, len(files), f"indexing {self.url}")
+        tables = []
+        shown = False
+        try:
+            for done, (row_id, key) in enumerate(sorted(files.items()), 1):
+                if row_id not in deleted:
+                    entry = self._entry_from_file(row_id, key)
+                    if entry is not None:
+                        tables.append(entry)
+                step(done)
+                if (
+                    _notice_from is not None
+                    and not shown
+                    and time.monotonic() - _notice_from > _SLOW_NOTICE_S
                 ):
-                    found[parsed[0]] = Path(entry.path)
+                    print(
+                        f"modelrows: building the index of {self.url} ({len(files)} row files); "
+                        "this happens once",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    shown = True
+        finally:
+            close()
+        rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
+        self._index.rebuild(rows, log_before)
+        self._indexed = True
+        return int(rows.num_rows)
 
-        walk(self.root, 0)
-        self._files = found
+    def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
+        """The index row of a row file, read from the file; None if it is not a sound row."""
+        path = self.store.local_path(key)
+        if path is None:
+            return None  # remote stores: not yet
+        if self._problem(row_id, path) is not None:
+            return None
+        batch, _ctx = read_row_file(path)
+        checksums = []
+        arrays = []
+        for f, column in zip(batch.schema, batch.columns, strict=True):
+            if f.name in self._weights:
+                checksums.append(column.field("checksum")[0].as_py() or "")
+            else:
+                arrays.append(column)
+        size = os.stat(path).st_size
+        arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
+        return pa.Table.from_arrays(arrays, schema=self._index.schema)
+
+    def _row_files(self) -> dict[str, str]:
+        """Every row file in the partition directories, by row id (lists them all: reindex and
+        vacuum only)."""
+        depth = len(self.partition_by)
+        found: dict[str, str] = {}
+        for key, _ in self.store.list(""):
+            parts = key.split("/")
+            if len(parts) != depth + 1 or not is_row_file_name(parts[-1]):
+                continue
+            if any(p.startswith((".", "_")) or "=" not in p for p in parts[:-1]):
+                continue
+            found[parts[-1].split(".", 1)[0]] = key
         return found
 
+    # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._row_files())
+        self._ensure_index()
+        return int(self._index.snapshot().table.num_rows)
+
+    def _entry(self, row_id: str) -> dict[str, Any]:
+        if not isinstance(row_id, str):
+            raise CatalogError(f"a row id is a string, not {type(row_id).__name__}")
+        self._ensure_index()
+        entry = self._index.lookup(row_id)
+        if entry is None:
+            raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
+        return entry
 
     def path_of(self, row_id: str) -> Path:
-        """The file holding ``row_id``; RowNotFoundError if there is none.
+        """The file holding ``row_id`` (found in the index); RowNotFoundError if there is none."""
+        key = self._entry(row_id)[PATH]
+        path = self.store.local_path(key)
+        return path if path is not None else Path(f"{self.url}/{key}")
 
-        Row files never move, so a file found by an earlier walk of the tree is used while it
-        exists; the tree is walked again (every partition directory listed) only for an id not
-        seen yet or whose file is gone."""
-        known = self._files.get(row_id)
-        if known is not None and _is_regular(known):
-            return known
-        return self._path_in(self._row_files(), row_id)
+    def get(self, row_id: str, *, verify: bool = False) -> Row:
+        """One row by id, weights zero-copy; reads the index entry and opens exactly one file.
 
-    def _path_in(self, files: dict[str, Path], row_id: str) -> Path:
-        path = files.get(row_id)
-        if path is None:
-            raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.root}")
-        return path
+        The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
+        """
+        return self._read(row_id, self._entry(row_id)[PATH], verify=verify)
+
+    def _read(self, row_id: str, key: str, *, verify: bool) -> Row:
+        """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
+        catalog's columns and the row its name says, checked as every read is."""
+        path = self.store.local_path(key)
+        if path is None:  # pragma: no cover - remote rows: the object-storage module
+            raise CatalogError(f"{self.url}: reading rows from this store is not supported yet")
+        try:
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            raise RowFileError(
+                f"{path}: the row file is gone (removed by hand?); run catalog.verify() to list "
+                "such rows and catalog.reindex() to drop them from the index",
+                path=str(path),
+            ) from None
+        if is_link:
+            raise RowFileError(
+                f"{path} is a symbolic link, not a row file the catalog wrote; the catalog never "
+                "follows links (remove it, and run catalog.reindex())",
+                path=str(path),
+            )
+        batch, ctx = read_row_file(path)
+        self._check_belongs(batch, row_id, path)
+        row = decode_row(batch, 0, ctx)
+        if verify:
+            verify_row(row, where=ctx.where)
+        return row
+
+    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
+        if not batch.schema.equals(self.arrow_schema, check_metadata=False):
+            raise CorruptRowError(
+                f"{path}: its columns are not the catalog's ("
+                f"{_schema_difference(batch.schema, self.arrow_schema)}); the file does not "
+                f"belong in {self.url}",
+                path=str(path),
+            )
+        stored = batch.column(0)[0].as_py()
+        if stored != row_id:
+            raise CorruptRowError(
+                f"{path}: its name says row {row_id} but it holds row {stored!r}; was it "
+                "renamed or copied by hand?",
+                path=str(path),
+            )
 
     # -- queries --------------------------------------------------------------------------------------
-    def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
-        """Why ``path`` cannot serve as row ``row_id`` of this catalog, or None if it can.
+    def _columns(self, *, weights: bool = False) -> list[str]:
+        return [f.name for f in self.arrow_schema if weights or f.name not in self._weights]
 
-        Checks the file's structure (as :func:`read_model_row` does), that its columns are the
-        catalog's and that it holds the row its name says; ``verify=True`` also decodes the row and
-        recomputes its checksum. No tensor byte is read otherwise.
-        """
-        try:
-            batch, ctx = read_row_file(path)
-            if not batch.schema.equals(self.arrow_schema, check_metadata=False):
-                raise CorruptRowError(
-                    f"{path}: its columns are not the catalog's ("
-                    f"{_schema_difference(batch.schema, self.arrow_schema)}); the file does not "
-                    f"belong in {self.root}",
-                    path=str(path),
+    def _query_table(self) -> pa.Table:
+        """The live rows as queries see them: the row's columns, without the index's own."""
+        table = self._snapshot().table.drop_columns([PATH, SIZE, CHECKSUM])
+        return table
+
+    def dataset(self, *, weights: bool = False) -> ds.Dataset:
+        """A pyarrow dataset of every live row: over the index (``weights=False``), or over the
+        row files the index lists, with hive partitions (``weights=True``; local catalogs)."""
+        import pyarrow.dataset as ds
+
+        if not weights:
+            return ds.dataset(self._query_table())
+        table = self._snapshot().table
+        paths = []
+        for key in table.column(PATH).to_pylist():
+            path = self.store.local_path(key)
+            if path is None:
+                raise CatalogError(
+                    f"{self.url}: a dataset over row files needs a local catalog; query the "
+                    "index (weights=False) instead"
                 )
-            stored = batch.column(0)[0].as_py()
-            if stored != row_id:
-                raise CorruptRowError(
-                    f"{path}: its name says row {row_id} but it holds row {stored!r}; was it "
-                    "renamed or copied by hand?",
-                    path=str(path),
-                )
-            if verify:
-                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
-        except ModelRowsError as exc:
-            return type(exc), str(exc)
-        return None
-
-    def _checked_problem(self, row_id: str, path: Path) -> _Problem | None:
-        """:meth:`_problem`, remembered per file while the file stays the same."""
-        try:
-            st = path.stat()
-        except OSError:
-            return self._problem(row_id, path)  # gone: say so, remember nothing
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._checked.get(path)
-        if cached is None or cached[0] != key:
-            cached = (key, self._problem(row_id, path))
-            self._checked[path] = cached
-        return cached[1]
-
-    def _queryable_files(self, on_corrupt: OnCorrupt) -> list[str]:
-        """Every row file a query may read; a corrupt one raises, or is skipped with a warning."""
-        if on_corrupt not in ("raise", "skip"):
-            raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
-        files = []
-        present = self._row_files()
-        for gone in self._checked.keys() - set(present.values()):  # forget files deleted since
-            del self._checked[gone]
-        for row_id, path in sorted(present.items(), key=lambda item: item[1]):
-            problem = self._checked_problem(row_id, path)
-            if problem is None:
-                files.append(str(path))
-            elif on_corrupt == "raise":
-                kind, message = problem
-                raise (kind if issubclass(kind, RowFileError) else RowFileError)(
-                    f"{message} (pass on_corrupt='skip' to query the other rows; "
-                    "Catalog.verify() lists every corrupt row)",
-                    path=str(path),
-                )
-            else:
-                _skip_warning(problem[1])
-        return files
-
-    def dataset(self, *, on_corrupt: OnCorrupt = "raise") -> ds.Dataset:
-        """A pyarrow dataset over every row file (hive partitions, explicit schema).
-
-        Each file's structure is checked once (then remembered while the file is unchanged), so
-        no reader ever meets a corrupt file: ``on_corrupt="raise"`` raises an error naming the
-        first one, ``"skip"`` leaves corrupt files out with a :class:`CorruptRowWarning` each.
-        """
+            paths.append(str(path))
         partitioning = ds.partitioning(
             pa.schema([self.arrow_schema.field(k) for k in self.partition_by]), flavor="hive"
         )
         return ds.dataset(
-            self._queryable_files(on_corrupt),
+            sorted(paths),
             schema=self.arrow_schema,
             format="arrow",
             partitioning=partitioning,
             partition_base_dir=str(self.root),
         )
 
-    def _columns(self, *, weights: bool) -> list[str]:
-        return [
-            f.name for f in self.arrow_schema if weights or f.name not in self._weight_columns()
-        ]
+    def scan(self, *, weights: bool = False) -> pl.LazyFrame:
+        """A Polars LazyFrame of every live row: all columns but weights (unless asked for, which
+        reads the row files), with row_id and written_at. Reads the index, no row file."""
+        import polars as pl
 
-    def _weight_columns(self) -> set[str]:
-        return {f.name for f in self.arrow_schema if is_weights_type(f.type)}
+        if weights:
+            return pl.scan_pyarrow_dataset(self.dataset(weights=True)).select(
+                self._columns(weights=True)
+            )
+        return pl.from_arrow(self._query_table()).lazy()  # type: ignore[union-attr]
 
-    def scan(self, *, weights: bool = False, on_corrupt: OnCorrupt = "raise") -> pl.LazyFrame:
-        """A Polars LazyFrame of every row: all columns but weights (unless asked), with row_id.
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        """This thread's DuckDB connection: it sees the catalog and nothing else on the machine
+        (no file access, no extensions, configuration locked)."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            import duckdb
 
-        ``on_corrupt``: see :meth:`dataset`.
-        """
-        columns = self._columns(weights=weights)
-        return pl.scan_pyarrow_dataset(self.dataset(on_corrupt=on_corrupt)).select(columns)
+            con = duckdb.connect(
+                config={
+                    "enable_external_access": False,
+                    "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False,
+                    "lock_configuration": True,
+                }
+            )
+            self._local.con = con
+        return con
 
-    def sql(self, query: str, *, on_corrupt: OnCorrupt = "raise") -> duckdb.DuckDBPyRelation:
-        """Run DuckDB SQL where the table ``models`` is the catalog; returns a relation.
+    def sql(self, query: str) -> duckdb.DuckDBPyRelation:
+        """Run DuckDB SQL where the table ``models`` is the catalog's index (every non-weight
+        column, row_id and written_at); returns a relation.
 
-        ``on_corrupt``: see :meth:`dataset`.
-        """
-        dataset = self.dataset(on_corrupt=on_corrupt)
-        if self._con is None:
-            self._con = duckdb.connect()
-        con = self._con
+        The query sees the catalog and nothing else: DuckDB's file access, extensions and
+        configuration changes are disabled. For the full DuckDB, read ``index_table()`` or
+        ``index_files()`` with your own connection."""
+        import duckdb
+
+        if not isinstance(query, str):
+            raise CatalogError(f"a SQL query is a string, not {type(query).__name__}")
+        con = self._connection()
         with contextlib.suppress(duckdb.Error):
             con.unregister("models")
-        con.register("models", dataset)
+        con.register("models", _duckdb_ready(self._query_table()))
         try:
             return con.sql(query)
         except duckdb.Error as exc:
-            raise CatalogError(f"SQL error: {exc}".replace("\n", " ")) from exc
+            raise CatalogError(f"SQL error: {exc}") from exc
 
-    def _ids(self, *, where: str | None, order: str, on_corrupt: OnCorrupt) -> list[str]:
-        clause = f"WHERE {where}" if where else ""
-        rel = self.sql(
-            f"SELECT row_id FROM models {clause} ORDER BY {order}", on_corrupt=on_corrupt
-        )
-        return [r[0] for r in rel.fetchall()]
+    def _where(self, rel: duckdb.DuckDBPyRelation, where: str | None) -> duckdb.DuckDBPyRelation:
+        """``rel`` filtered by the SQL condition ``where``, parsed as one expression (it cannot
+        end the statement or start another)."""
+        import duckdb
+
+        if where is None:
+            return rel
+        if not isinstance(where, str):
+            raise CatalogError(f"where is a SQL condition string, not {type(where).__name__}")
+        try:
+            return rel.filter(where)
+        except duckdb.Error as exc:
+            raise CatalogError(f"bad where condition {where!r}: {exc}") from exc
+
+    def _ids(
+        self, *, where: str | None, order: Sequence[str], limit: int | None = None
+    ) -> list[str]:
+        import duckdb
+
+        rel = self._where(self.sql("SELECT * FROM models"), where).order(", ".join(order))
+        if limit is not None:
+            rel = rel.limit(limit)
+        try:
+            return [r[0] for r in rel.project("row_id").fetchall()]
+        except duckdb.Error as exc:
+            raise CatalogError(f"SQL error: {exc}") from exc
 
     def best(
         self,
@@ -578,45 +770,38 @@ class Catalog:
         """The row with the highest ``by`` (lowest with ``descending=False``), or None if none.
 
         ``where`` is a SQL condition (``"run = 'a' AND epoch > 2"``). Ties go to the earliest row;
-        null and NaN values never rank. With ``on_corrupt="skip"``, a corrupt row (or, with
-        ``verify=True``, one whose checksum fails) is skipped with a warning for the next best.
+        null and NaN values never rank. With ``on_corrupt="skip"``, a row whose file is corrupt
+        (or, with ``verify=True``, whose checksum fails) is skipped with a warning for the next
+        best.
         """
-        if by not in self.arrow_schema.names or by in self._weight_columns():
+        self._check_on_corrupt(on_corrupt)
+        if by not in self.arrow_schema.names or by in self._weights:
             raise CatalogError(
                 f"cannot rank by {by!r}: not a column of {self.schema} "
-                f"(columns: {', '.join(self._columns(weights=False))})"
+                f"(columns: {', '.join(self._columns())})"
             )
-        cond = f'"{by}" IS NOT NULL'
+        if isinstance(self.arrow_schema.field(by).type, pa.StructType | pa.ListType):
+            raise CatalogError(f"cannot rank by {by!r}: it is not a number, string or date")
+        rel = self._where(self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where)
         if pa.types.is_floating(self.arrow_schema.field(by).type):
-            cond += f' AND NOT isnan("{by}")'
-        if where:
-            cond += f" AND ({where})"
-        order = f'"{by}" {"DESC" if descending else "ASC"}, row_id'
+            rel = rel.filter(f"NOT isnan({_quote(by)})")
+        rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
         if on_corrupt == "raise":
-            order += " LIMIT 1"
-        ids = self._ids(where=cond, order=order, on_corrupt=on_corrupt)
-        files = self._row_files() if ids else {}
-        for row_id in ids:
-            row = self._load(row_id, files, verify=verify, on_corrupt=on_corrupt)
+            rel = rel.limit(1)
+        for (key,) in rel.project("row_id").fetchall():
+            row = self._load(key, verify=verify, on_corrupt=on_corrupt)
             if row is not None:
                 return row
         return None
 
-    def get(self, row_id: str, *, verify: bool = False) -> Row:
-        """One row by id, weights zero-copy; opens exactly one file.
+    def _check_on_corrupt(self, on_corrupt: str) -> None:
+        if on_corrupt not in ("raise", "skip"):
+            raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
 
-        The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
-        """
-        return read_model_row(self.path_of(row_id), verify=verify)
-
-    def _load(
-        self, row_id: str, files: dict[str, Path], *, verify: bool, on_corrupt: OnCorrupt
-    ) -> Row | None:
-        """get() through ``files`` (one walk of the tree serves many rows), or None with a warning
-        for a corrupt row when ``on_corrupt="skip"``."""
-        path = self._path_in(files, row_id)
+    def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
+        """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
         try:
-            return read_model_row(path, verify=verify)
+            return self.get(row_id, verify=verify)
         except RowFileError as exc:
             if on_corrupt == "raise":
                 raise
@@ -631,46 +816,132 @@ class Catalog:
         With ``on_corrupt="skip"``, corrupt rows (or, with ``verify=True``, rows whose checksum
         fails) are skipped with a warning.
         """
-        ids = self._ids(where=where, order="row_id", on_corrupt=on_corrupt)
-        files = self._row_files() if ids else {}
-        for row_id in ids:
-            row = self._load(row_id, files, verify=verify, on_corrupt=on_corrupt)
-            if row is not None:
-                yield row
+        self._check_on_corrupt(on_corrupt)
+        table = self._snapshot().table
+        paths = dict(
+            zip(table.column("row_id").to_pylist(), table.column(PATH).to_pylist(), strict=True)
+        )
+        for row_id in self._ids(where=where, order=["row_id"]):
+            try:
+                row = self._read(row_id, paths[row_id], verify=verify)
+            except RowFileError as exc:
+                if on_corrupt == "raise":
+                    raise
+                _skip_warning(str(exc))
+                continue
+            yield row
+
+    # -- deleting -----------------------------------------------------------------------------------
+    def delete(
+        self,
+        row_ids: Iterable[str] | str | None = None,
+        *,
+        where: str | None = None,
+        fsync: bool = True,
+    ) -> list[str]:
+        """Delete rows by id, or those matching the SQL condition ``where``; return their ids.
+
+        Atomic per call: one index entry records every id, and from then on no query sees them;
+        their files are removed afterwards (``vacuum`` finishes what a crash left). Unknown ids
+        raise RowNotFoundError and delete nothing.
+        """
+        if (row_ids is None) == (where is None):
+            raise CatalogError("delete takes row ids or where=..., one of the two")
+        snap = self._snapshot()
+        live = snap.table
+        if where is not None:
+            ids = self._ids(where=where, order=["row_id"])
+        else:
+            ids = [row_ids] if isinstance(row_ids, str) else list(row_ids or [])
+            if not all(isinstance(i, str) for i in ids):
+                raise CatalogError("row ids are strings")
+            known = set(live.column("row_id").to_pylist())
+            missing = sorted(set(ids) - known)
+            if missing:
+                raise RowNotFoundError(
+                    f"no row {', '.join(map(repr, missing[:5]))}"
+                    f"{' ...' if len(missing) > 5 else ''} in the catalog at {self.url}; "
+                    "nothing was deleted"
+                )
+        ids = sorted(set(ids))
+        if not ids:
+            return []
+        self._index.publish_delete(ids, fsync=fsync)
+        import pyarrow.compute as pc
+
+        gone = live.filter(pc.is_in(live.column("row_id"), value_set=pa.array(ids)))
+        for key in gone.column(PATH).to_pylist():
+            with contextlib.suppress(ModelRowsError, OSError):
+                self.store.delete(key)
+        self._maybe_compact(fsync=fsync)
+        return ids
 
     # -- housekeeping ------------------------------------------------------------------------------
     def vacuum(self, *, older_than: float = 3600.0) -> list[Path]:
-        """Remove temporary files left by crashed writers; return what was removed.
-
-        A temporary file is removed when the process that wrote it (named in it) is gone from this
-        machine, or when it is older than ``older_than`` seconds.
-        """
-        removed = []
+        """Finish what crashed writers, deleters and compactors left: temporary files (whose
+        writer is gone, or older than ``older_than`` seconds), files of deleted rows, row files
+        never published (older than ``older_than``), index segments no manifest names. Returns
+        what was removed."""
+        self._ensure_index()
+        removed: list[Path] = []
+        before = set(self._tmp_files())
+        self.store.cleanup_uploads(older_than)
+        removed += [p for p in before if not p.exists()]
+        snap = self._index.snapshot()
+        if snap.removed is not None:
+            for key in snap.removed.column(PATH).to_pylist():
+                if self.store.size(key) is not None:
+                    self.store.delete(key)
+                    removed.append(self._path(key))
+        live = set(snap.table.column("row_id").to_pylist())
         now = time.time()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
-            for name in filenames:
-                if not is_temp_name(name):
-                    continue
-                path = Path(dirpath) / name
-                try:
-                    age = now - path.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                if age > older_than or not _writer_alive(name):
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
+        for row_id, key in self._row_files().items():
+            if row_id not in live and now - _index.id_time(row_id) > older_than:
+                # never published (a writer died between the file and its entry), or deleted
+                self.store.delete(key)
+                removed.append(self._path(key))
+        manifest = snap.manifest
+        referenced = set(manifest.segments) if manifest is not None else set()
+        for key in self._index.remove_orphan_segments(referenced, older_than=older_than):
+            removed.append(self._path(key))
         return removed
+
+    def _path(self, key: str) -> Path:
+        local = self.store.local_path(key)
+        return local if local is not None else Path(f"{self.url}/{key}")
+
+    def _tmp_files(self) -> list[Path]:
+        local = self.store.local_path("")
+        if local is None:
+            return []
+        return [
+            local / key for key, _ in self.store.list("") if is_temp_name(key.rsplit("/", 1)[-1])
+        ]
+
+    def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
+        """Why ``path`` cannot serve as row ``row_id`` of this catalog, or None if it can.
+
+        Checks the file's structure (as :func:`read_model_row` does), that its columns are the
+        catalog's and that it holds the row its name says; ``verify=True`` also decodes the row and
+        recomputes its checksum. No tensor byte is read otherwise.
+        """
+        try:
+            batch, ctx = read_row_file(path)
+            self._check_belongs(batch, row_id, path)
+            if verify:
+                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
+        except FileNotFoundError:
+            return RowFileError, f"{path}: the row file is missing (removed by hand?)"
+        except ModelRowsError as exc:
+            return type(exc), str(exc)
+        return None
 
     def verify(
         self, *, progress: bool | Callable[[int, int], None] | None = None
     ) -> list[CorruptRow]:
-        """Re-read every row and recompute every checksum; return the corrupt rows by id and path.
-
-        Each file's structure, columns and row id are checked and every tensor byte is hashed
-        again; nothing remembered from earlier queries is trusted. ``progress`` is a callable
-        ``(done, total)``, or True/False for a progress bar on stderr (tqdm when installed, else
-        plain lines); by default a bar is shown from 1000 rows when stderr is a terminal.
+        """Re-read every row the index lists and recompute every checksum; return the rows whose
+        file is missing, unreadable, corrupt, or disagrees with the index (another row, another
+        partition), by id and path. Nothing remembered from earlier reads is trusted.
 
         >>> import tempfile, torch.nn as nn
         >>> from modelrows import ModelV1, fetch_weights
@@ -679,21 +950,69 @@ class Catalog:
         >>> catalog.verify()
         []
         """
-        files = sorted(self._row_files().items())
-        step, close = _progress(progress, len(files), f"verifying {self.root}")
+        table = self._snapshot().table
+        ids = table.column("row_id").to_pylist()
+        keys = table.column(PATH).to_pylist()
+        parts = {k: table.column(k).to_pylist() for k in self.partition_by}
+        step, close = _progress(progress, len(ids), f"verifying {self.url}")
         bad = []
         try:
-            for done, (row_id, path) in enumerate(files, 1):
+            for i, (row_id, key) in enumerate(sorted(zip(ids, keys, strict=True)), 1):
+                path = self._path(key)
                 problem = self._problem(row_id, path, verify=True)
+                if problem is None:
+                    expected = "/".join(
+                        _encode_segment(k, parts[k][ids.index(row_id)]) for k in self.partition_by
+                    )
+                    found = key.rsplit("/", 1)[0] if "/" in key else ""
+                    if found != expected:
+                        problem = (
+                            CorruptRowError,
+                            f"{path}: the row says partition {expected or '(none)'} but its file "
+                            f"is in {found or 'the root'}; was it moved by hand?",
+                        )
                 if problem is not None:
                     bad.append(CorruptRow(row_id, path, problem[1]))
-                step(done)
+                step(i)
         finally:
             close()
         return bad
 
 
 _Problem = tuple[type[ModelRowsError], str]  # what is wrong with a row file: error class, message
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _duckdb_ready(table: pa.Table) -> pa.Table:
+    """``table`` with the types DuckDB cannot scan from Arrow widened (float16 -> float32)."""
+    fields = list(table.schema)
+    if not any(pa.types.is_float16(f.type) for f in fields):
+        return table
+    return table.cast(
+        pa.schema(
+            [f.with_type(pa.float32()) if pa.types.is_float16(f.type) else f for f in fields],
+            metadata=table.schema.metadata,
+        )
+    )
+
+
+def _check_empty_for_create(root: Path) -> None:
+    """Refuse to create a catalog in a directory that holds something else."""
+    if (root / CATALOG_FILE).exists():
+        return
+    try:
+        if root.exists() and any(
+            not p.name.startswith(".") and p.name != "README.md" and p.name != "_index"
+            for p in root.iterdir()
+        ):
+            raise CatalogError(
+                f"{root} is not empty and holds no catalog; choose an empty or new directory"
+            )
+    except OSError as exc:
+        raise CatalogError(f"cannot create a catalog at {root}: {exc}") from exc
 
 
 def _skip_warning(message: str) -> None:
@@ -747,20 +1066,3 @@ def _progress(
 def _file_schema(row_class: type[Row]) -> pa.Schema:
     schema = row_class.arrow_schema()
     return pa.schema(managed_fields() + list(schema), metadata=schema.metadata)
-
-
-def _writer_alive(tmp_name: str) -> bool:
-    """Whether the pid in ``.<name>.<pid>-<hex>.tmp`` is a live process on this machine."""
-    parsed = parse_temp_name(tmp_name)
-    if parsed is None:
-        return False
-    pid = parsed[1]
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,0 +1,571 @@
+"""The catalog index: every live row's non-weight columns in Parquet, kept current lock-free.
+
+Layout under the catalog root (docs/format.md, "The catalog index")::
+
+    _index/log/<id>.add.parquet        rows appended (one file per append call)
+    _index/log/<id>.del.parquet        row ids deleted (one file per delete call), column row_id
+    _index/segments/<id>.parquet       compacted index rows, sorted by row_id
+    _index/manifests/<seq>.json        which segments make the index, which row ids of them are
+                                       deleted, which log entries they already hold ("covered")
+
+Every object is created once, whole, under a name nobody else uses (create-if-absent), and is
+never changed; the only other operations are read, list a prefix and delete. That is all an
+object store offers, so the same protocol runs on a local disk and on S3.
+
+Readers take the manifest with the highest sequence number, read its segments, list the log and
+read the entries the manifest does not cover, then list the manifests again: if a newer one
+appeared meanwhile (a compaction, which deletes log entries only after publishing its manifest),
+they start over. A compactor folds the log into a new segment and publishes manifest ``seq + 1``
+with create-if-absent: of two compactors racing, one wins and the other discards its work. Then
+it deletes the log entries its manifest covers, manifests older than the previous one, and
+segments no manifest still names. A crash at any point leaves either the old or the new manifest
+valid, and every log entry still present is either covered or read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .._errors import CatalogError, ModelRowsError
+from .._format import INDEX_DIR
+from ._store import Store
+
+LOG = f"{INDEX_DIR}/log/"
+SEGMENTS = f"{INDEX_DIR}/segments/"
+MANIFESTS = f"{INDEX_DIR}/manifests/"
+INDEX_FORMAT = "modelrows.index"
+INDEX_FORMAT_VERSION = 1
+
+PATH, SIZE, CHECKSUM = "_path", "_size", "_checksum"
+"""Columns the index adds to a row's own: its file (relative to the root), the file's size, and
+the checksums of its weights columns (comma-separated, in column order)."""
+EXTRA_FIELDS = (
+    pa.field(PATH, pa.string(), nullable=False),
+    pa.field(SIZE, pa.int64(), nullable=False),
+    pa.field(CHECKSUM, pa.string(), nullable=False),
+)
+
+COMPACT_AT = 128
+"""An append that finds this many log entries folds them into a segment."""
+CHECK_EVERY = 16
+"""An append looks at the log size with probability 1/CHECK_EVERY (listing it costs a little)."""
+MAX_SEGMENTS = 8
+"""More segments than this are merged into one (and deleted rows purged) by a compaction."""
+_ROW_GROUP = 16384
+_MAX_MANIFEST_BYTES = 64 << 20
+_RETRIES = 50
+
+
+# -- ids ---------------------------------------------------------------------------------------------
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id = [0, 0]
+
+
+def new_id() -> str:
+    """A unique, time-ordered 26-character id (a ULID), monotonic within a process."""
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_id[0]:
+            ms, rand = _last_id[0], _last_id[1] + 1  # same millisecond: count up
+        else:
+            rand = int.from_bytes(secrets.token_bytes(10), "big")
+        _last_id[0], _last_id[1] = ms, rand
+    value = (ms << 80) | (rand & ((1 << 80) - 1))
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+def id_time(ident: str) -> float:
+    """The creation time (seconds since the epoch) an id records, or 0.0 for a malformed one."""
+    value = 0
+    for ch in ident[:10]:
+        digit = _CROCKFORD.find(ch)
+        if digit < 0:
+            return 0.0
+        value = value * 32 + digit
+    return value / 1000.0
+
+
+def _forget_last_id() -> None:
+    """In a forked child: draw fresh randomness, or parent and children would count up alike."""
+    global _id_lock
+    _id_lock = threading.Lock()
+    _last_id[0] = _last_id[1] = 0
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_forget_last_id)
+
+
+# -- the objects ------------------------------------------------------------------------------------
+
+
+def index_schema(file_schema: pa.Schema, weight_columns: Iterable[str]) -> pa.Schema:
+    """The index's Parquet schema: the row file's columns but weights, plus :data:`EXTRA_FIELDS`."""
+    skip = set(weight_columns)
+    fields = [f for f in file_schema if f.name not in skip]
+    return pa.schema([*fields, *EXTRA_FIELDS])
+
+
+def to_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(
+        table, sink, row_group_size=_ROW_GROUP, compression="zstd", write_statistics=["row_id"]
+    )
+    return sink.getvalue()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One state of the index (see the module docstring)."""
+
+    sequence: int
+    segments: tuple[str, ...] = ()
+    deleted: frozenset[str] = frozenset()
+    covered: frozenset[str] = frozenset()
+    rows: int = 0
+
+    @property
+    def key(self) -> str:
+        return manifest_key(self.sequence)
+
+    def to_bytes(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "format": INDEX_FORMAT,
+                    "format_version": INDEX_FORMAT_VERSION,
+                    "sequence": self.sequence,
+                    "rows": self.rows,
+                    "segments": list(self.segments),
+                    "deleted": sorted(self.deleted),
+                    "covered": sorted(self.covered),
+                },
+                indent=0,
+            ).encode()
+            + b"\n"
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, *, where: str) -> Manifest:
+        try:
+            if len(raw) > _MAX_MANIFEST_BYTES:
+                raise ValueError(f"{len(raw)} bytes, more than any manifest holds")
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+                raise ValueError(f"'format' is not {INDEX_FORMAT!r}")
+            version = data.get("format_version")
+            if not isinstance(version, int) or version > INDEX_FORMAT_VERSION:
+                raise CatalogError(
+                    f"{where}: index format version {version!r}; this modelrows reads up to "
+                    f"{INDEX_FORMAT_VERSION}. Upgrade modelrows."
+                )
+            lists: dict[str, list[str]] = {}
+            for name in ("segments", "deleted", "covered"):
+                value = data.get(name)
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ValueError(f"{name!r} is not a list of strings")
+                lists[name] = value
+            sequence, rows = data.get("sequence"), data.get("rows")
+            if not isinstance(sequence, int) or not isinstance(rows, int):
+                raise ValueError("'sequence' or 'rows' is not a whole number")
+            if any(not s.startswith(SEGMENTS) for s in lists["segments"]):
+                raise ValueError("a segment lies outside _index/segments/")
+        except CatalogError:
+            raise
+        except (ValueError, RecursionError) as exc:
+            raise CatalogError(
+                f"{where} is not a valid index manifest ({exc}); rebuild the index with "
+                "catalog.reindex() (or `modelrows reindex`)"
+            ) from exc
+        return cls(
+            sequence,
+            tuple(lists["segments"]),
+            frozenset(lists["deleted"]),
+            frozenset(lists["covered"]),
+            rows,
+        )
+
+
+def manifest_key(sequence: int) -> str:
+    return f"{MANIFESTS}{sequence:020d}.json"
+
+
+def _sequence_of(key: str) -> int | None:
+    name = key[len(MANIFESTS) :]
+    if name.endswith(".json") and name[:-5].isdigit() and len(name) == 25:
+        return int(name[:-5])
+    return None
+
+
+@dataclass
+class Snapshot:
+    """The index as one reader saw it: the manifest, the live rows, and the log it read."""
+
+    manifest: Manifest | None
+    table: pa.Table  # live rows: deletes applied, each row_id once
+    log: list[str] = field(default_factory=list)  # log entries present when it was read
+    new_rows: pa.Table | None = None  # rows of uncovered add entries (already in ``table``)
+    new_deletes: frozenset[str] = frozenset()  # ids of uncovered delete entries
+    removed: pa.Table | None = None  # row_id and _path of the deleted rows still recorded
+
+
+class StaleRead(Exception):
+    """An object vanished under a reader (a compaction moved on): read again."""
+
+
+class Index:
+    """The index of one catalog on one store (see the module docstring)."""
+
+    def __init__(self, store: Store, schema: pa.Schema) -> None:
+        self.store = store
+        self.schema = schema
+        self._cache: dict[str, pa.Table] = {}  # immutable objects by key: segments, log entries
+        self._lock = threading.Lock()
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _parquet(self, key: str) -> pa.Table:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        path = self.store.local_path(key)
+        try:
+            if path is not None:
+                table = pq.read_table(path, memory_map=True, schema=None)
+            else:
+                table = pq.read_table(pa.BufferReader(self.store.get(key)))
+        except FileNotFoundError:
+            raise StaleRead(key) from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CatalogError(
+                f"{self.store.url}/{key}: the index file cannot be read ({exc}); rebuild the "
+                "index with catalog.reindex() (or `modelrows reindex`)"
+            ) from exc
+        table = self._conform(table, key)
+        with self._lock:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = table
+        return table
+
+    def _conform(self, table: pa.Table, key: str) -> pa.Table:
+        if key.endswith(".del.parquet"):
+            if table.schema.names != ["row_id"] or not pa.types.is_string(table.schema[0].type):
+                raise CatalogError(
+                    f"{self.store.url}/{key}: a delete entry holds one column row_id; this one "
+                    f"holds {table.schema}. Rebuild the index with catalog.reindex()."
+                )
+            return table
+        if not table.schema.equals(self.schema, check_metadata=False):
+            try:
+                return table.select(self.schema.names).cast(self.schema)
+            except (pa.ArrowException, KeyError, ValueError) as exc:
+                raise CatalogError(
+                    f"{self.store.url}/{key}: its columns are not the catalog's ({exc}); "
+                    "rebuild the index with catalog.reindex() (or `modelrows reindex`)"
+                ) from exc
+        return table
+
+    def manifests(self) -> list[tuple[int, str]]:
+        """(sequence, key) of every manifest present, oldest first."""
+        out = []
+        for key, _ in self.store.list(MANIFESTS):
+            seq = _sequence_of(key)
+            if seq is not None:
+                out.append((seq, key))
+        out.sort()
+        return out
+
+    def _manifest(self, key: str) -> Manifest:
+        try:
+            raw = self.store.get(key)
+        except FileNotFoundError:
+            raise StaleRead(key) from None
+        return Manifest.from_bytes(raw, where=f"{self.store.url}/{key}")
+
+    def latest(self) -> Manifest | None:
+        """The newest manifest, or None when the index has none (never built)."""
+        for _ in range(_RETRIES):
+            found = self.manifests()
+            if not found:
+                return None
+            try:
+                return self._manifest(found[-1][1])
+            except StaleRead:
+                continue
+        raise CatalogError(f"{self.store.url}: the index kept changing while being read")
+
+    def snapshot(self) -> Snapshot:
+        """Every live row, as of now (read-your-writes across processes)."""
+        for _ in range(_RETRIES):
+            try:
+                return self._snapshot()
+            except StaleRead:
+                continue
+        raise CatalogError(
+            f"{self.store.url}: the index kept changing while being read ({_RETRIES} tries); "
+            "are many compactions running at once?"
+        )
+
+    def _snapshot(self) -> Snapshot:
+        found = self.manifests()
+        if not found:
+            raise CatalogError(f"{self.store.url}: the catalog has no index")
+        manifest = self._manifest(found[-1][1])
+        log = [k for k, _ in self.store.list(LOG)]
+        again = self.manifests()
+        if not again or again[-1][1] != found[-1][1]:
+            raise StaleRead(found[-1][1])
+        base = [self._parquet(k) for k in manifest.segments]
+        adds, deletes = [], set()
+        for key in log:
+            name = key[len(LOG) :]
+            if name in manifest.covered:
+                continue
+            if name.endswith(".add.parquet"):
+                adds.append(self._parquet(key))
+            elif name.endswith(".del.parquet"):
+                deletes.update(self._parquet(key).column("row_id").to_pylist())
+        deleted = manifest.deleted | deletes
+        table = pa.concat_tables(base) if base else self.schema.empty_table()
+        new_rows = None
+        if adds:
+            new_rows = pa.concat_tables(adds)
+            if table.num_rows:  # an entry a rebuilt index already holds: keep one copy
+                new_rows = new_rows.filter(
+                    pc.invert(pc.is_in(new_rows.column("row_id"), value_set=table.column("row_id")))
+                )
+            new_rows = _unique(new_rows)
+            table = pa.concat_tables([table, new_rows]) if table.num_rows else new_rows
+        removed = None
+        if deleted:
+            mask = pc.is_in(table.column("row_id"), value_set=pa.array(sorted(deleted)))
+            removed = table.filter(mask).select(["row_id", PATH])
+            table = table.filter(pc.invert(mask))
+        return Snapshot(manifest, table, log, new_rows, frozenset(deletes), removed)
+
+    def lookup(self, row_id: str) -> dict[str, Any] | None:
+        """The index row of ``row_id``, reading only what can hold it (not every segment row)."""
+        for _ in range(_RETRIES):
+            try:
+                return self._lookup(row_id)
+            except StaleRead:
+                continue
+        raise CatalogError(f"{self.store.url}: the index kept changing while being read")
+
+    def _lookup(self, row_id: str) -> dict[str, Any] | None:
+        found = self.manifests()
+        if not found:
+            raise CatalogError(f"{self.store.url}: the catalog has no index")
+        manifest = self._manifest(found[-1][1])
+        log = [k for k, _ in self.store.list(LOG)]
+        again = self.manifests()
+        if not again or again[-1][1] != found[-1][1]:
+            raise StaleRead(found[-1][1])
+        if row_id in manifest.deleted:
+            return None
+        hit: dict[str, Any] | None = None
+        for key in log:
+            name = key[len(LOG) :]
+            if name in manifest.covered:
+                continue
+            if name.endswith(".del.parquet"):
+                if row_id in self._parquet(key).column("row_id").to_pylist():
+                    return None
+            elif name.endswith(".add.parquet") and hit is None:
+                table = self._parquet(key)
+                rows = table.filter(pc.equal(table.column("row_id"), row_id))
+                if rows.num_rows:
+                    hit = rows.slice(0, 1).to_pylist()[0]
+        if hit is not None:
+            return hit
+        for key in manifest.segments:
+            rows = self._segment_rows(key, row_id)
+            if rows.num_rows:
+                first: dict[str, Any] = rows.slice(0, 1).to_pylist()[0]
+                return first
+        return None
+
+    def _segment_rows(self, key: str, row_id: str) -> pa.Table:
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached.filter(pc.equal(cached.column("row_id"), row_id))
+        path = self.store.local_path(key)
+        try:
+            source: Any = path if path is not None else pa.BufferReader(self.store.get(key))
+            table = pq.read_table(source, filters=[("row_id", "=", row_id)], memory_map=True)
+        except FileNotFoundError:
+            raise StaleRead(key) from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CatalogError(
+                f"{self.store.url}/{key}: the index file cannot be read ({exc}); rebuild the "
+                "index with catalog.reindex() (or `modelrows reindex`)"
+            ) from exc
+        return self._conform(table, key)
+
+    # -- writing ------------------------------------------------------------------------------------
+    def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
+        """Make ``rows`` (index rows of row files already in place) visible, atomically."""
+        key = f"{LOG}{first_id}.add.parquet"
+        if not self.store.put_if_absent(key, to_parquet(rows), fsync=fsync):
+            raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
+
+    def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
+        """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
+        key = f"{LOG}{new_id()}.del.parquet"
+        table = pa.table({"row_id": pa.array(sorted(row_ids), pa.string())})
+        if not self.store.put_if_absent(key, to_parquet(table), fsync=fsync):
+            raise CatalogError(f"{self.store.url}/{key} exists already")  # pragma: no cover
+        return key
+
+    def create_empty(self) -> None:
+        """Publish manifest 0 of a new catalog (a no-op if any manifest exists)."""
+        if not self.manifests():
+            self.store.put_if_absent(manifest_key(0), Manifest(0).to_bytes())
+
+    def log_size(self) -> int:
+        return len(self.store.list(LOG))
+
+    def compact(self, *, full: bool = False, fsync: bool = True) -> Manifest | None:
+        """Fold the log into a segment (``full``: merge every segment into one, dropping deleted
+        rows); return the new manifest, or None if another compactor published first or there
+        was nothing to do."""
+        snap = self.snapshot()
+        old = snap.manifest
+        assert old is not None
+        present = {k[len(LOG) :] for k in snap.log}
+        uncovered = present - old.covered
+        deleted = set(old.deleted) | set(snap.new_deletes)
+        merge = (
+            full or len(old.segments) >= MAX_SEGMENTS or len(deleted) > max(1000, old.rows // 10)
+        )
+        if not uncovered and not (merge and (deleted or len(old.segments) > 1)):
+            return None
+        written: list[str] = []
+        if merge:
+            live = snap.table
+            segments: tuple[str, ...] = ()
+            if live.num_rows:
+                key = self._write_segment(live, fsync=fsync)
+                written.append(key)
+                segments = (key,)
+            kept: frozenset[str] = frozenset()
+        else:
+            segments = old.segments
+            new_rows = snap.new_rows
+            if new_rows is not None and snap.new_deletes:
+                mask = pc.is_in(new_rows.column("row_id"), value_set=pa.array(sorted(deleted)))
+                new_rows = new_rows.filter(pc.invert(mask))
+            if new_rows is not None and new_rows.num_rows:
+                key = self._write_segment(new_rows, fsync=fsync)
+                written.append(key)
+                segments = (*segments, key)
+            # a delete of a row that is still in its add entry needs no record: that row is
+            # simply left out of the new segment
+            in_segments = deleted - _ids(snap.new_rows)
+            kept = frozenset(in_segments)
+        manifest = Manifest(
+            old.sequence + 1, segments, kept, frozenset(present), snap.table.num_rows
+        )
+        # the files of deleted rows go before the record of their deletion can: a row file
+        # that outlived every record of its deletion would come back on a rebuild
+        if snap.removed is not None:
+            for path in snap.removed.column(PATH).to_pylist():
+                self.store.delete(path)
+        if not self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
+            for key in written:  # another compactor won: our segment is nobody's
+                self.store.delete(key)
+            return None
+        self._after_publish(manifest, old)
+        return manifest
+
+    def _write_segment(self, rows: pa.Table, *, fsync: bool) -> str:
+        key = f"{SEGMENTS}{new_id()}.parquet"
+        ordered = rows.sort_by("row_id")
+        self.store.put_if_absent(key, to_parquet(ordered), fsync=fsync)
+        return key
+
+    def _after_publish(self, manifest: Manifest, old: Manifest) -> None:
+        """Housekeeping once ``manifest`` is published; any of it may be lost to a crash, and the
+        next compaction (or vacuum) does it then."""
+        with contextlib.suppress(ModelRowsError, OSError):
+            for name in manifest.covered:
+                self.store.delete(LOG + name)
+            keep = {manifest.sequence, old.sequence}
+            referenced = set(manifest.segments) | set(old.segments)
+            for seq, key in self.manifests():
+                if seq not in keep and seq < manifest.sequence:
+                    self.store.delete(key)
+            self.remove_orphan_segments(referenced)
+
+    def remove_orphan_segments(
+        self, referenced: set[str], *, older_than: float = 600.0
+    ) -> list[str]:
+        """Delete segments no manifest names that were written more than ``older_than`` seconds
+        ago (a younger one may belong to a compaction that has not published yet)."""
+        now = time.time()
+        removed = []
+        for key, _ in self.store.list(SEGMENTS):
+            if key in referenced:
+                continue
+            name = key[len(SEGMENTS) :]
+            if now - id_time(name) > older_than:
+                self.store.delete(key)
+                removed.append(key)
+        return removed
+
+    def rebuild(self, rows: pa.Table, log_seen: Iterable[str], *, fsync: bool = True) -> Manifest:
+        """Publish an index made of ``rows`` (read from the row files), covering the log entries
+        ``log_seen`` (whose rows and deletes the caller applied), whatever state the index is in."""
+        written = []
+        segments: tuple[str, ...] = ()
+        if rows.num_rows:
+            key = self._write_segment(rows, fsync=fsync)
+            written.append(key)
+            segments = (key,)
+        for _ in range(_RETRIES):
+            found = self.manifests()
+            sequence = found[-1][0] + 1 if found else 0
+            manifest = Manifest(sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows)
+            if self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
+                with contextlib.suppress(ModelRowsError, OSError):
+                    for seq, key in found:
+                        if seq < sequence - 1:
+                            self.store.delete(key)
+                return manifest
+        for key in written:
+            self.store.delete(key)
+        raise CatalogError(f"{self.store.url}: could not publish the rebuilt index")
+
+
+def _unique(table: pa.Table) -> pa.Table:
+    """Each row_id once (the first)."""
+    ids = table.column("row_id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return table
+    seen: set[str] = set()
+    keep = []
+    for i, rid in enumerate(ids.to_pylist()):
+        if rid not in seen:
+            seen.add(rid)
+            keep.append(i)
+    return table.take(pa.array(keep, pa.int64()))
+
+
+def _ids(table: pa.Table | None) -> set[str]:
+    return set() if table is None else set(table.column("row_id").to_pylist())
