@@ -51,6 +51,7 @@ from .._format import (
     ROW_ID_TYPE,
     WRITTEN_AT_TYPE,
     is_row_file_name,
+    is_temp_name,
     is_weights_type,
     managed_fields,
     row_file_name,
@@ -948,9 +949,7 @@ class Catalog:
         if local is None:
             return []
         return [
-            local / key
-            for key, _ in self.store.list("")
-            if key.rsplit("/", 1)[-1].startswith(".") and key.endswith(".tmp")
+            local / key for key, _ in self.store.list("") if is_temp_name(key.rsplit("/", 1)[-1])
         ]
 
     def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
