@@ -147,6 +147,25 @@ def train_run(
         )
 
 
+def check_resumed(catalog: Catalog, straight: str, resumed: str, stop: int) -> bool:
+    """Whether the resumed run ended where the uninterrupted one did, bit for bit."""
+    a, b = catalog.get(f"run={straight}/last"), catalog.get(f"run={resumed}/last")
+    assert isinstance(a, DigitsRowV2) and isinstance(b, DigitsRowV2)
+    same = (a.epoch, a.accuracy) == (b.epoch, b.accuracy) and a.weights == b.weights
+    same = same and a.training_tensors == b.training_tensors
+    print(
+        f"\nRun {resumed} stopped after epoch {stop} and resumed from the catalog: at epoch "
+        f"{b.epoch}, accuracy {b.accuracy:.4f} (uninterrupted: {a.accuracy:.4f})"
+    )
+    if not same:
+        print("error: the resumed run does not match the uninterrupted one", file=sys.stderr)
+        return False
+    print(
+        "The resumed run matches the uninterrupted one bit for bit (weights and optimizer state)."
+    )
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG, help="catalog directory")
@@ -175,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     # the second run again: stopped half way, then resumed from the catalog by fresh objects
     straight, config = runs[1], configs[1]
     resumed = f"{straight}-resumed"
-    stop = max(1, args.epochs // 2)
-    train_run(catalog, resumed, config, stop, data)  # ... the process could end here ...
-    train_run(catalog, resumed, config, args.epochs, data)  # resumes at epoch stop + 1
+    stop = args.epochs // 2  # with --epochs 1 there is no half way: no resume to show
+    if stop:
+        train_run(catalog, resumed, config, stop, data)  # ... the process could end here ...
+        train_run(catalog, resumed, config, args.epochs, data)  # resumes at epoch stop + 1
 
     import polars as pl
 
@@ -200,21 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     for alias in catalog.aliases():
         print(f"  {alias.name:<52} -> {alias.row_id}")
 
-    # exact resume: the resumed run ended where the uninterrupted one did, bit for bit
-    a, b = catalog.get(f"run={straight}/last"), catalog.get(f"run={resumed}/last")
-    assert isinstance(a, DigitsRowV2) and isinstance(b, DigitsRowV2)
-    same = (a.epoch, a.accuracy) == (b.epoch, b.accuracy) and a.weights == b.weights
-    same = same and a.training_tensors == b.training_tensors
-    print(
-        f"\nRun {resumed} stopped after epoch {stop} and resumed from the catalog: at epoch "
-        f"{b.epoch}, accuracy {b.accuracy:.4f} (uninterrupted: {a.accuracy:.4f})"
-    )
-    if not same:
-        print("error: the resumed run does not match the uninterrupted one", file=sys.stderr)
+    if stop and not check_resumed(catalog, straight, resumed, stop):
         return 1
-    print(
-        "The resumed run matches the uninterrupted one bit for bit (weights and optimizer state)."
-    )
 
     best = catalog.best("accuracy")
     assert isinstance(best, DigitsRowV2) and best.config is not None

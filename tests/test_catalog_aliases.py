@@ -63,7 +63,7 @@ def test_history_is_kept_and_a_removal_is_a_version(catalog: Catalog) -> None:
         catalog.get("staging")
     assert str(info.value).strip('"') == (
         f"no row 'staging' in the catalog at {catalog.url}, and the alias 'staging' was removed "
-        "(aliases: 'run=a/best'); set one with catalog.alias('staging', row_id)"
+        "(aliases: 'run=a/best'); set it again with catalog.alias('staging', row_id)"
     )
     catalog.alias("staging", ids[0])  # set again after a removal: the history goes on
     assert catalog.alias_history("staging")[-1].sequence == 5
@@ -117,11 +117,9 @@ def test_a_deleted_rows_alias_says_so(catalog: Catalog) -> None:
     )
     with pytest.raises(RowNotFoundError, match=f"^no row {row_id!r} in the catalog"):
         catalog.get(row_id)  # a row id is still a row id
-    with pytest.raises(
-        RowNotFoundError,
-        match="no row 'nope' in .*, and the alias 'nope' is not set either .aliases: 'prod'",
-    ):
-        catalog.get("nope")
+    with pytest.raises(RowNotFoundError) as info:
+        catalog.get("nope")  # neither a row nor an alias
+    assert str(info.value).strip('"') == f"no row 'nope' in the catalog at {catalog.url}"
 
 
 @pytest.mark.parametrize(

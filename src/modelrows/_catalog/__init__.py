@@ -1110,7 +1110,7 @@ class Catalog:
         if _aliases.is_row_id(name):
             return self._index.lookup(name)
         target = _aliases.resolve(self, name)
-        if target is None:  # not an alias name either: look it up as given
+        if target is None:  # not an alias either: look it up as given
             return self._index.lookup(name)
         entry = self._index.lookup(target)
         if entry is None:

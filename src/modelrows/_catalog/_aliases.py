@@ -392,18 +392,19 @@ def remove(
 
 
 def resolve(catalog: Catalog, name: str) -> str | None:
-    """The row id alias ``name`` points to; None if ``name`` cannot be an alias name. Raises
-    RowNotFoundError when it is not set."""
+    """The row id alias ``name`` points to; None if ``name`` is not an alias (cannot be one, or
+    was never set). Raises RowNotFoundError when it was removed."""
     if name_problem(name) is not None:
         return None
     latest = current(catalog.store, name)
-    if latest is None or latest.row_id is None:
+    if latest is None:
+        return None
+    if latest.row_id is None:
         known = sorted(current_targets(catalog.store))
         listed = ", ".join(map(repr, known[:8])) + (" ..." if len(known) > 8 else "")
-        state = "was removed" if latest is not None else "is not set either"
         raise RowNotFoundError(
-            f"no row {name!r} in the catalog at {catalog.url}, and the alias {name!r} {state} "
-            f"(aliases: {listed or 'none'}); set one with catalog.alias({name!r}, row_id)"
+            f"no row {name!r} in the catalog at {catalog.url}, and the alias {name!r} was removed "
+            f"(aliases: {listed or 'none'}); set it again with catalog.alias({name!r}, row_id)"
         )
     return latest.row_id
 
