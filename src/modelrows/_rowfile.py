@@ -43,6 +43,7 @@ from ._format import (
 )
 from ._ipcguard import check_row_file
 from ._linux import FALLOCATE
+from ._location import read_url, resolve, write_url
 from ._schema import Row, nearest_declared
 from ._weights import Weights
 
@@ -340,7 +341,9 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
     """Validate ``row`` and write it as a one-row Arrow IPC file at ``path``, atomically.
 
     A crash never leaves a partial file at ``path``; an existing file is replaced only once the
-    new one is complete (and, with ``fsync=True``, durable).
+    new one is complete (and, with ``fsync=True``, durable). ``path`` may be a ``file://`` URL,
+    or ``s3://bucket/key`` (S3 or an S3-compatible store, configured by the standard AWS
+    variables): the object is created or replaced whole, never seen in part.
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, read_model_row
@@ -349,7 +352,11 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
     >>> read_model_row(path).architecture_version
     1
     """
-    prepare_row_file(path, row, fsync=fsync).commit()
+    target = resolve(path)
+    if isinstance(target, str):  # s3://
+        write_url(target, row_writer(row))
+        return
+    prepare_row_file(target, row, fsync=fsync).commit()
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -507,7 +514,9 @@ def read_model_row(path: PathLike, *, verify: bool = False) -> Row:
     Weights are zero-copy views of the privately memory-mapped file. If the file's schema is not
     declared in this process, the nearest declared ancestor in its qualified chain is returned,
     with the other columns in ``row.extras`` and the file's identifier in ``row.declared_schema``.
-    ``verify=True`` also recomputes the checksum of every tensor byte.
+    ``verify=True`` also recomputes the checksum of every tensor byte. ``path`` may be a
+    ``file://`` URL, or ``s3://bucket/key``: the object is read whole into memory (parallel
+    ranged requests, no temporary file) and checked alike; its weights view that memory.
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, write_model_row
@@ -516,8 +525,48 @@ def read_model_row(path: PathLike, *, verify: bool = False) -> Row:
     >>> read_model_row(path).weights["weight"].shape
     torch.Size([3, 2])
     """
-    batch, ctx = read_row_file(path)
+    source = resolve(path)
+    if isinstance(source, str):  # s3://
+        data, where = read_url(source)
+        batch, ctx = read_row_buffer(data, where=where)
+    else:
+        batch, ctx = read_row_file(source)
     row = decode_row(batch, 0, ctx)
     if verify:
         verify_row(row, where=ctx.where)
     return row
+
+
+def read_row_buffer(
+    data: bytearray | memoryview, *, where: str
+) -> tuple[pa.RecordBatch, DecodeContext]:
+    """:func:`read_row_file` for a row file already in memory (e.g. fetched from object
+    storage): the same checks, and the weights view ``data`` (keep it unchanged while they are
+    in use). ``where`` names the file in errors (its URL)."""
+    view = memoryview(data).cast("B")
+    if len(view) < _MIN_FILE:
+        raise NotArrowFileError(
+            f"{where}: {len(view)} bytes is too short to be an Arrow IPC file", path=where
+        )
+    if bytes(view[:6]) != MAGIC or bytes(view[-6:]) != MAGIC:
+        missing = "start" if bytes(view[:6]) != MAGIC else "end"
+        raise NotArrowFileError(
+            f"{where}: not an Arrow IPC file (the ARROW1 magic is missing at the {missing}); "
+            "is it truncated, or another format?",
+            path=where,
+        )
+    check_row_file(view, where=where)
+    buf = pa.py_buffer(view)
+    storage = torch.frombuffer(view, dtype=torch.uint8)
+    try:
+        reader = ipc.open_file(pa.BufferReader(buf))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise NotArrowFileError(
+            f"{where}: not a readable Arrow IPC file ({exc}); is it truncated?", path=where
+        ) from exc
+    try:
+        batch = reader.get_batch(0)
+        batch.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptRowError(f"{where}: the record batch is corrupt: {exc}", path=where) from exc
+    return batch, DecodeContext(where, storage, buf.address)
