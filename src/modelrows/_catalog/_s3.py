@@ -432,6 +432,18 @@ class S3Store:
             upload.abort()
             raise
 
+    def put_stream(self, key: str, write: Callable[[IO[bytes]], None]) -> None:
+        """Create or replace ``key`` with what ``write`` writes, atomically: readers see the old
+        object or the whole new one, never a part (a plain ``PutObject``, or a multipart upload
+        completed unconditionally and aborted on any failure)."""
+        upload = _Upload(self, key, replace=True)
+        try:
+            write(cast(IO[bytes], upload))
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+
     def get(self, key: str) -> bytes:
         """The whole object (one request); FileNotFoundError if absent."""
         name = self._key(key)
@@ -681,8 +693,9 @@ class _Upload(io.RawIOBase):
     """The file object ``put_stream_if_absent`` hands its writer: buffers ``part_size`` bytes,
     then streams parts of a multipart upload (started on the first full part) from a pool."""
 
-    def __init__(self, store: S3Store, key: str) -> None:
+    def __init__(self, store: S3Store, key: str, *, replace: bool = False) -> None:
         super().__init__()
+        self._replace = replace
         self._store = store
         self._key = key
         self._name = store._key(key)
@@ -763,10 +776,17 @@ class _Upload(io.RawIOBase):
             self._slots.release()
 
     def finish(self) -> bool:
-        """Completes the object: one conditional put, or the conditional multipart completion."""
+        """Completes the object: one (conditional) put, or the (conditional) multipart
+        completion."""
         store = self._store
         self._finished = True
         if self._upload_id is None:
+            if self._replace:
+                with store._failing("write", self._key):
+                    store._client.put_object(
+                        Bucket=store.bucket, Key=self._name, Body=bytes(self._buffer)
+                    )
+                return True
             return store.put_if_absent(self._key, bytes(self._buffer))
         if self._buffer or not self._futures:
             self._slots.acquire()
@@ -778,6 +798,7 @@ class _Upload(io.RawIOBase):
         self._close_pool()
         from botocore.exceptions import BotoCoreError, ClientError
 
+        condition = {} if self._replace else {"IfNoneMatch": "*"}
         for _ in range(3):
             try:
                 store._client.complete_multipart_upload(
@@ -785,7 +806,7 @@ class _Upload(io.RawIOBase):
                     Key=self._name,
                     UploadId=self._upload_id,
                     MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
+                    **condition,
                 )
                 self._upload_id = None
                 return True
@@ -803,7 +824,7 @@ class _Upload(io.RawIOBase):
                     return True
                 if status != 409:
                     raise store._error("complete the upload of", self._key, exc) from None
-                if store.size(self._key) is not None:  # the concurrent writer won
+                if not self._replace and store.size(self._key) is not None:  # the other won
                     self.abort()
                     return False
                 conflict = exc
