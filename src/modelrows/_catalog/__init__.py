@@ -59,6 +59,7 @@ from .._ipcguard import check_schema_message
 from .._rowfile import (
     PathLike,
     decode_row,
+    read_row_buffer,
     read_row_file,
     row_writer,
     verify_row,
@@ -66,6 +67,7 @@ from .._rowfile import (
 from .._schema import ModelV1, Row, nearest_declared
 from . import _index
 from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
+from ._remote import read_for_index
 from ._store import LocalStore, Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,7 +93,8 @@ class CorruptRow(NamedTuple):
     """A row :meth:`Catalog.verify` found missing, unreadable or corrupt."""
 
     row_id: str
-    path: Path
+    path: Path | str
+    """The row's file (a URL string for a catalog on object storage)."""
     problem: str
 
 
@@ -542,13 +545,26 @@ class Catalog:
         return int(rows.num_rows)
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
-        """The index row of a row file, read from the file; None if it is not a sound row."""
+        """The index row of a row file, read from the file (from a remote store, every byte
+        but its tensors'); None if it is not a sound row. A store that fails raises."""
         path = self.store.local_path(key)
         if path is None:
-            return None  # remote stores: not yet
-        if self._problem(row_id, path) is not None:
+            where = f"{self.url}/{key}"
+            try:
+                batch, size = read_for_index(self.store, key, where=where)
+                self._check_belongs(batch, row_id, where)
+            except StorageError:
+                raise
+            except (ModelRowsError, FileNotFoundError):
+                return None
+            return self._entry_of(batch, key, size)
+        if self._problem(row_id, key) is not None:
             return None
         batch, _ctx = read_row_file(path)
+        return self._entry_of(batch, key, os.stat(path).st_size)
+
+    def _entry_of(self, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
+        """The index row of a row file's checked record batch."""
         checksums = []
         arrays = []
         for f, column in zip(batch.schema, batch.columns, strict=True):
@@ -556,7 +572,6 @@ class Catalog:
                 checksums.append(column.field("checksum")[0].as_py() or "")
             else:
                 arrays.append(column)
-        size = os.stat(path).st_size
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
         return pa.Table.from_arrays(arrays, schema=self._index.schema)
 
@@ -588,11 +603,10 @@ class Catalog:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
         return entry
 
-    def path_of(self, row_id: str) -> Path:
-        """The file holding ``row_id`` (found in the index); RowNotFoundError if there is none."""
-        key = self._entry(row_id)[PATH]
-        path = self.store.local_path(key)
-        return path if path is not None else Path(f"{self.url}/{key}")
+    def path_of(self, row_id: str) -> Path | str:
+        """The file holding ``row_id`` (found in the index), or its URL (a string) in a catalog
+        on object storage; RowNotFoundError if there is none."""
+        return self._path(self._entry(row_id)[PATH])
 
     def get(self, row_id: str, *, verify: bool = False) -> Row:
         """One row by id, weights zero-copy; reads the index entry and opens exactly one file.
@@ -605,8 +619,13 @@ class Catalog:
         """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
         catalog's columns and the row its name says, checked as every read is."""
         path = self.store.local_path(key)
-        if path is None:  # pragma: no cover - remote rows: the object-storage module
-            raise CatalogError(f"{self.url}: reading rows from this store is not supported yet")
+        if path is None:  # a remote store: the object, read whole into memory
+            batch, ctx = self._fetch(key)
+            self._check_belongs(batch, row_id, ctx.where)
+            row = decode_row(batch, 0, ctx)
+            if verify:
+                verify_row(row, where=ctx.where)
+            return row
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
         except FileNotFoundError:
@@ -628,7 +647,25 @@ class Catalog:
             verify_row(row, where=ctx.where)
         return row
 
-    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
+    def _fetch(self, key: str) -> tuple[pa.RecordBatch, Any]:
+        """The checked record batch of row file ``key`` and its decoding context: the file
+        mapped (a local store), or the object read whole into memory with parallel ranged reads
+        (a remote store; no temporary file). The checks are :func:`read_model_row`'s."""
+        path = self.store.local_path(key)
+        if path is not None:
+            return read_row_file(path)
+        where = f"{self.url}/{key}"
+        try:
+            data = self.store.read_all(key)
+        except FileNotFoundError:
+            raise RowFileError(
+                f"{where}: the row object is gone (deleted by hand?); run catalog.verify() to "
+                "list such rows and catalog.reindex() to drop them from the index",
+                path=where,
+            ) from None
+        return read_row_buffer(data, where=where)
+
+    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path | str) -> None:
         if not batch.schema.equals(self.arrow_schema, check_metadata=False):
             raise CorruptRowError(
                 f"{path}: its columns are not the catalog's ("
@@ -876,13 +913,14 @@ class Catalog:
         return ids
 
     # -- housekeeping ------------------------------------------------------------------------------
-    def vacuum(self, *, older_than: float = 3600.0) -> list[Path]:
+    def vacuum(self, *, older_than: float = 3600.0) -> list[Path | str]:
         """Finish what crashed writers, deleters and compactors left: temporary files (whose
         writer is gone, or older than ``older_than`` seconds), files of deleted rows, row files
         never published (older than ``older_than``), index segments no manifest names. Returns
-        what was removed."""
+        what was removed (on object storage: URLs, as strings; abandoned multipart uploads are
+        aborted as well)."""
         self._ensure_index()
-        removed: list[Path] = []
+        removed: list[Path | str] = []
         before = set(self._tmp_files())
         self.store.cleanup_uploads(older_than)
         removed += [p for p in before if not p.exists()]
@@ -905,9 +943,10 @@ class Catalog:
             removed.append(self._path(key))
         return removed
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> Path | str:
+        """The file of ``key``, or its URL (a string) on a remote store."""
         local = self.store.local_path(key)
-        return local if local is not None else Path(f"{self.url}/{key}")
+        return local if local is not None else f"{self.url}/{key}"
 
     def _tmp_files(self) -> list[Path]:
         local = self.store.local_path("")
@@ -919,20 +958,23 @@ class Catalog:
             if key.rsplit("/", 1)[-1].startswith(".") and key.endswith(".tmp")
         ]
 
-    def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
-        """Why ``path`` cannot serve as row ``row_id`` of this catalog, or None if it can.
+    def _problem(self, row_id: str, key: str, *, verify: bool = False) -> _Problem | None:
+        """Why the file ``key`` cannot serve as row ``row_id`` of this catalog, or None if it can.
 
         Checks the file's structure (as :func:`read_model_row` does), that its columns are the
         catalog's and that it holds the row its name says; ``verify=True`` also decodes the row and
         recomputes its checksum. No tensor byte is read otherwise.
         """
+        path = self._path(key)
         try:
-            batch, ctx = read_row_file(path)
+            batch, ctx = self._fetch(key)
             self._check_belongs(batch, row_id, path)
             if verify:
                 verify_row(decode_row(batch, 0, ctx), where=ctx.where)
         except FileNotFoundError:
             return RowFileError, f"{path}: the row file is missing (removed by hand?)"
+        except StorageError:  # the store failed, not the row
+            raise
         except ModelRowsError as exc:
             return type(exc), str(exc)
         return None
@@ -960,7 +1002,7 @@ class Catalog:
         try:
             for i, (row_id, key) in enumerate(sorted(zip(ids, keys, strict=True)), 1):
                 path = self._path(key)
-                problem = self._problem(row_id, path, verify=True)
+                problem = self._problem(row_id, key, verify=True)
                 if problem is None:
                     expected = "/".join(
                         _encode_segment(k, parts[k][ids.index(row_id)]) for k in self.partition_by

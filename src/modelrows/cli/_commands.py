@@ -299,7 +299,7 @@ def _weights_facts(weights: Weights) -> dict[str, Any]:
     }
 
 
-def _row_facts(row: Row, *, path: Path | None, types: Mapping[str, str]) -> dict[str, Any]:
+def _row_facts(row: Row, *, path: Path | str | None, types: Mapping[str, str]) -> dict[str, Any]:
     """Everything ``show`` prints about a row, as plain data."""
     from .. import Weights
 
@@ -491,7 +491,7 @@ def show(
         catalog, target = open_catalog(None, catalog_opt), first
     if catalog is not None:
         row = catalog.get(target)
-        path: Path | None = catalog.path_of(_row_id(row) or target)
+        path: Path | str | None = catalog.path_of(_row_id(row) or target)
         types = {f.name: str(f.type) for f in catalog.arrow_schema}
     else:
         from .. import read_model_row
