@@ -686,9 +686,12 @@ class Catalog:
         return [f.name for f in self.arrow_schema if weights or f.name not in self._weights]
 
     def _query_table(self) -> pa.Table:
-        """The live rows as queries see them: the row's columns, without the index's own."""
-        table = self._snapshot().table.drop_columns([PATH, SIZE, CHECKSUM])
-        return table
+        """The live rows as queries see them: the row's columns, without the index's own. The
+        whole snapshot stays with this thread: ``best`` finds the file of the row it chose there,
+        without a second look at the index (on object storage, each look is a few requests)."""
+        table = self._snapshot().table
+        self._local.snapshot_table = table
+        return table.drop_columns([PATH, SIZE, CHECKSUM])
 
     def dataset(self, *, weights: bool = False) -> ds.Dataset:
         """A pyarrow dataset of every live row: over the index (``weights=False``), or over the
@@ -824,8 +827,18 @@ class Catalog:
         rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
         if on_corrupt == "raise":
             rel = rel.limit(1)
-        for (key,) in rel.project("row_id").fetchall():
-            row = self._load(key, verify=verify, on_corrupt=on_corrupt)
+        ids = [row_id for (row_id,) in rel.project("row_id").fetchall()]
+        seen: pa.Table | None = getattr(self._local, "snapshot_table", None)
+        keys: dict[str, str] = {}
+        if seen is not None and ids:  # the snapshot the query ran on: where each row's file is
+            import pyarrow.compute as pc
+
+            found = seen.filter(pc.is_in(seen.column("row_id"), value_set=pa.array(ids)))
+            keys = dict(
+                zip(found.column("row_id").to_pylist(), found.column(PATH).to_pylist(), strict=True)
+            )
+        for row_id in ids:
+            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt, key=keys.get(row_id))
             if row is not None:
                 return row
         return None
@@ -834,9 +847,14 @@ class Catalog:
         if on_corrupt not in ("raise", "skip"):
             raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
 
-    def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
-        """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
+    def _load(
+        self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt, key: str | None = None
+    ) -> Row | None:
+        """get() (from the file ``key`` if known), or None with a warning for a corrupt row when
+        ``on_corrupt="skip"``."""
         try:
+            if key is not None:
+                return self._read(row_id, key, verify=verify)
             return self.get(row_id, verify=verify)
         except RowFileError as exc:
             if on_corrupt == "raise":
