@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .._errors import CatalogError, CommandLineError
+from .._location import is_url
 from ._app import (
     ENV_IMPORT,
     CatalogArg,
@@ -31,6 +32,7 @@ from ._app import (
     catalog_and,
     declare_rows,
     fail,
+    names_a_catalog,
     names_a_file,
     open_catalog,
     stderr,
@@ -66,7 +68,7 @@ def check_column(catalog: Catalog, name: str, *, use: str) -> str:
     """``name`` quoted for SQL, or an error suggesting the nearest columns."""
     names = columns(catalog)
     if name not in names:
-        raise unknown(f"cannot {use}", name, names, where=str(catalog.root))
+        raise unknown(f"cannot {use}", name, names, where=catalog.url)
     return quote(name)
 
 
@@ -247,7 +249,7 @@ def best(
     )
     if table is None or table.num_rows == 0:
         fail(
-            f"no row of {cat.root} has a value for {by!r}" + (f" where {where}" if where else ""),
+            f"no row of {cat.url} has a value for {by!r}" + (f" where {where}" if where else ""),
             code=1,
         )
     emit_record(table.to_pylist()[0], fmt, raw=raw)
@@ -400,7 +402,7 @@ def _print_row(facts: Mapping[str, Any]) -> None:
 def _describe_catalog(cat: Catalog) -> dict[str, Any]:
     wt = weights_type(cat)
     return {
-        "catalog": str(cat.root),
+        "catalog": cat.url,
         "schema": cat.schema,
         "chain": _chain(cat.schema, cat.row_class),
         "partition_by": list(cat.partition_by),
@@ -478,7 +480,7 @@ def show(
         catalog, target = catalog_and(
             first, second, catalog_opt, what="ROW_ID", usage="modelrows show CATALOG ROW_ID"
         )
-    elif first is None or (catalog_opt is None and Path(first).is_dir()):
+    elif first is None or (catalog_opt is None and names_a_catalog(first)):
         described = _describe_catalog(open_catalog(first, catalog_opt))
         if fmt is ShowFormat.json:
             sys.stdout.write(json.dumps(described, indent=2) + "\n")
@@ -496,7 +498,7 @@ def show(
     else:
         from .. import read_model_row
 
-        row, path, types = read_model_row(target), Path(target), {}
+        row, path, types = read_model_row(target), target if is_url(target) else Path(target), {}
     facts = _row_facts(row, path=path, types=types)
     if fmt is ShowFormat.json:
         sys.stdout.write(json.dumps(jsonable(facts), indent=2) + "\n")
@@ -548,9 +550,9 @@ def verify(catalog: CatalogArg = None, catalog_opt: CatalogOpt = None) -> None:
         total = int(bar.tasks[0].total or 0)
     out = stdout()
     if not bad:
-        out.print(f"{total} rows verified in {escape(str(cat.root))}: all intact")
+        out.print(f"{total} rows verified in {escape(cat.url)}: all intact")
         return
-    out.print(f"{len(bad)} of {total} rows are corrupt in {escape(str(cat.root))}:")
+    out.print(f"{len(bad)} of {total} rows are corrupt in {escape(cat.url)}:")
     for row_id, _path, problem in bad:
         out.print(Text.assemble("  ", (row_id, "bold red"), "  ", problem), soft_wrap=True)
     raise typer.Exit(1)
@@ -727,7 +729,7 @@ def plot(
         found = _default_y(cat, {x} | ({group} if group else set()))
         if found is None:
             raise CommandLineError(
-                f"{cat.root} has no numeric column to plot besides {x}; name one with --y "
+                f"{cat.url} has no numeric column to plot besides {x}; name one with --y "
                 f"(columns: {', '.join(names)})"
             )
         y = [found]
@@ -771,7 +773,7 @@ def plot(
             panels.append(Panel(column, segments, lowest, best, overall))
     if not panels:
         fail(
-            f"nothing to plot: no row of {cat.root} has both {x} and {' or '.join(y)}"
+            f"nothing to plot: no row of {cat.url} has both {x} and {' or '.join(y)}"
             + (f" where {where}" if where else ""),
             code=1,
         )
@@ -782,7 +784,7 @@ def plot(
         x=x,
         by=group,
         log_y=log_y,
-        title=title or f"{', '.join(y)} by {x}: {cat.root.name}",
+        title=title or f"{', '.join(y)} by {x}: {cat.url.rstrip('/').rsplit('/', 1)[-1]}",
     )
     try:
         fig.savefig(path, format=kind)
@@ -1012,7 +1014,7 @@ def import_(
     if row_class.__qualified__ != cat.schema:
         missing = [c["schema"] for c in _chain(cat.schema, row_class) if not c["declared_by"]]
         raise CommandLineError(
-            f"{cat.root} holds {cat.schema} rows, but {', '.join(missing)} is not declared in this "
+            f"{cat.url} holds {cat.schema} rows, but {', '.join(missing)} is not declared in this "
             f"process; name the module that declares it: --module my_pkg.rows (or set {ENV_IMPORT})"
         )
     values = _parse_sets(sets or [], row_class)
@@ -1020,7 +1022,7 @@ def import_(
     row_id = cat.append(row)
     (weights,) = [v for v in row.to_dict().values() if isinstance(v, Weights)]  # others unset
     stderr().print(
-        f"imported {escape(str(file))} to {escape(str(cat.root))} as row {row_id}: "
+        f"imported {escape(str(file))} to {escape(cat.url)} as row {row_id}: "
         f"{len(weights)} tensors, {weights.nbytes:,} bytes",
         soft_wrap=True,
     )
