@@ -418,33 +418,62 @@ class Catalog:
             for row, segs in zip(batch, segments, strict=True):
                 written.append(self._write_row(row, segs, fsync=fsync))
             entries = pa.concat_tables(written) if len(written) > 1 else written[0]
-            ids = entries.column("row_id").to_pylist()
-            self._index.publish_add(ids[0], entries, fsync=fsync)
+            self._index.publish_add(entries.column("row_id")[0].as_py(), entries, fsync=fsync)
         except BaseException as exc:
+            published = self._published_anyway(exc, written, len(batch))
+            if published:
+                return self._appended(written, segments, fsync=fsync)
             visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
-            if not visible:
+            if not visible and published is not None:
                 for table in written:  # never published: take the files back
                     with contextlib.suppress(ModelRowsError, OSError):
                         self.store.delete(table.column(PATH)[0].as_py())
             if not isinstance(exc, StorageError):
                 raise
             n = len(batch)
+            noun = f"row{'s' if n > 1 else ''}"
             raise StorageError(
-                f"appending {n} row{'s' if n > 1 else ''} to {self.url} failed at step "
-                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                f"appending {n} {noun} to {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__ or exc}. "
                 + (
                     f"The row{'s are' if n > 1 else ' is'} in place but may not be durable yet."
                     if visible
+                    else f"The store did not say whether the {noun} went in: the index holds "
+                    f"{'them all or none' if n > 1 else 'the whole row or nothing'} (look again "
+                    "later; catalog.vacuum() removes the files of rows that did not)."
+                    if published is None
                     else f"{'None of the rows was' if n > 1 else 'The row was not'} added."
                 ),
                 path=exc.path,
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
+        return self._appended(written, segments, fsync=fsync)
+
+    def _appended(
+        self, written: list[pa.Table], segments: list[list[str]], *, fsync: bool
+    ) -> list[str]:
+        """The ids of rows just published; now and then, some housekeeping."""
         self._maybe_compact(
             fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
         )
-        return [str(i) for i in ids]
+        return [str(t.column("row_id")[0].as_py()) for t in written]
+
+    def _published_anyway(self, exc: BaseException, written: list[pa.Table], n: int) -> bool | None:
+        """After an append failed while publishing its index entry on object storage, whether
+        the entry landed all the same (a request can be carried out and its answer lost): True,
+        False, or None when the store cannot say (its row files must then stay). False for a
+        local store, and for a failure before publishing."""
+        if len(written) != n or not isinstance(exc, StorageError):
+            return False
+        if self.store.local_path("") is not None:
+            return False
+        try:
+            return (
+                self.store.size(_index.add_key(written[0].column("row_id")[0].as_py())) is not None
+            )
+        except (ModelRowsError, OSError):
+            return None
 
     def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
         """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove

@@ -200,6 +200,11 @@ class Manifest:
         )
 
 
+def add_key(first_id: str) -> str:
+    """The log entry that publishes rows appended together, the first of them ``first_id``."""
+    return f"{LOG}{first_id}.add.parquet"
+
+
 def manifest_key(sequence: int) -> str:
     return f"{MANIFESTS}{sequence:020d}.json"
 
@@ -421,7 +426,7 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
-        key = f"{LOG}{first_id}.add.parquet"
+        key = add_key(first_id)
         if not self.store.put_if_absent(key, to_parquet(rows), fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
 
