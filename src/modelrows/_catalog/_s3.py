@@ -28,6 +28,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import io
+import logging
 import os
 import re
 import threading
@@ -126,6 +127,50 @@ def parse_s3_url(url: str) -> tuple[str, str]:
             step="parse url",
         )
     return bucket, prefix
+
+
+_LOGGED_BY_BOTOCORE = (
+    "botocore.auth",
+    "botocore.client",
+    "botocore.credentials",
+    "botocore.endpoint",
+    "botocore.hooks",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.retryhandler",
+)
+_redacted: tuple[str, ...] = ()
+_redacted_lock = threading.Lock()
+
+
+class _Redact(logging.Filter):
+    """Blanks the secrets of this process's S3 stores out of botocore's log records: at DEBUG
+    level botocore logs each request's headers and canonical form, the session token among
+    them. Records without a secret pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = _redacted
+        if secrets:
+            message = record.getMessage()
+            if any(s in message for s in secrets):
+                for secret in secrets:
+                    message = message.replace(secret, "***")
+                record.msg, record.args = message, None
+        return True
+
+
+_REDACT = _Redact()
+
+
+def _guard_logs(secrets: Sequence[str]) -> None:
+    """Keeps ``secrets`` out of botocore's logs from now on (see :class:`_Redact`)."""
+    global _redacted
+    with _redacted_lock:
+        _redacted = tuple(sorted(set(_redacted) | set(secrets), key=len, reverse=True))
+        for name in _LOGGED_BY_BOTOCORE:
+            logger = logging.getLogger(name)
+            if _REDACT not in logger.filters:
+                logger.addFilter(_REDACT)
 
 
 def _error_code(exc: BaseException) -> tuple[str, int]:
@@ -245,6 +290,7 @@ class S3Store:
         self._read_timeout = read_timeout
         self._client_lock = threading.Lock()
         self._client_obj: Any = None
+        self._resolved: list[str | None] = []  # secrets botocore found (profile, files ...)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, object] | None = None) -> S3Store:
@@ -310,7 +356,7 @@ class S3Store:
             config["read_timeout"] = self._read_timeout
         try:
             session = botocore.session.Session(profile=self._profile)
-            return session.create_client(
+            client = session.create_client(
                 "s3",
                 region_name=self._region,
                 endpoint_url=self._endpoint_url,
@@ -321,6 +367,14 @@ class S3Store:
             )
         except Exception as exc:  # a bad profile, region, endpoint or option value
             raise self._error("configure the client for", None, exc) from None
+        if self._access_key_id is None:  # resolved (and cached) by create_client: no lookup
+            with contextlib.suppress(Exception):
+                found = session.get_credentials()
+                if found is not None:
+                    frozen = found.get_frozen_credentials()
+                    self._resolved = [frozen.secret_key, frozen.token]
+        _guard_logs(self._secrets())
+        return client
 
     def _key(self, key: str) -> str:
         """The object key of a store key: checked, under the prefix."""
@@ -337,7 +391,7 @@ class S3Store:
         return f"{self.url}/{key}" if key else self.url
 
     def _secrets(self) -> list[str]:
-        found = [self._secret_access_key, self._session_token]
+        found = [self._secret_access_key, self._session_token, *self._resolved]
         found += [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
         return [s for s in found if s and len(s) >= 4]
 
