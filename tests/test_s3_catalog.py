@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -577,3 +578,35 @@ def test_no_secret_in_the_catalog_its_errors_or_logs(
     assert any("x-amz-security-token" in m for m in client_side)  # the headers were logged
     assert not any(SECRET in m or TOKEN in m for m in client_side)
     assert SECRET not in repr(catalog) + catalog.url + repr(catalog.store)
+
+
+# -- the README -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_readme_s3_section_runs(server: S3TestServer, tmp_path: Path) -> None:
+    """The README's "Catalogs on S3": its two-line setup, and its example, run after the
+    README's other examples (which it builds on) against this server."""
+    readme = (HERE.parent / "README.md").read_text()
+    section = readme.split("\n## Catalogs on S3\n", 1)[1].split("\n## ", 1)[0]
+    (setup,) = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    install, export = setup.strip().splitlines()
+    assert install == "pip install 'modelrows[s3]'"
+    assert export.startswith("export ") and "AWS_ENDPOINT_URL=" in export
+    (example,) = re.findall(r"```py\n(.*?)```", section, flags=re.DOTALL)
+    before = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    server.client().create_bucket(Bucket="checkpoints")
+    (tmp_path / "readme_s3.py").write_text("\n".join([*before, example]))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}  # the endpoint and keys of this server
+    done = subprocess.run(
+        [sys.executable, "readme_s3.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(Catalog.open("s3://checkpoints/digits")) == 1
+    exported = read_model_row("s3://checkpoints/exported/best.model.arrow", verify=True)
+    assert exported.run == "baseline" and exported.epoch == 1

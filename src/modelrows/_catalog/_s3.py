@@ -173,6 +173,21 @@ def _guard_logs(secrets: Sequence[str]) -> None:
                 logger.addFilter(_REDACT)
 
 
+_loader: list[Any] = []  # botocore's data loader, shared by every store's session
+_loader_lock = threading.Lock()
+
+
+def _share_loader(session: Any) -> None:
+    """Gives ``session`` the loader of the first store's session: it holds the S3 service model
+    once parsed, which makes each further client ~10 ms to create instead of ~200 ms (a catalog
+    opened again, another catalog). Sessions keep their own credentials and configuration."""
+    with _loader_lock:
+        if _loader:
+            session.register_component("data_loader", _loader[0])
+        else:
+            _loader.append(session.get_component("data_loader"))
+
+
 def _error_code(exc: BaseException) -> tuple[str, int]:
     """(code, HTTP status) of a botocore ClientError; ("", 0) for anything else."""
     response = getattr(exc, "response", None)
@@ -356,6 +371,7 @@ class S3Store:
             config["read_timeout"] = self._read_timeout
         try:
             session = botocore.session.Session(profile=self._profile)
+            _share_loader(session)
             client = session.create_client(
                 "s3",
                 region_name=self._region,
