@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from modelrows import Catalog, ModelV1, fetch_weights
-from modelrows import _weights as weights_module
+from modelrows import _blob as blob_module
 
 SIZES_MB = [1, 16, 64, 256]
 REPEATS = 15
@@ -54,7 +54,7 @@ class TimedHash:
         return str(self.h.hexdigest())
 
 
-REAL = weights_module._new_hasher
+REAL = blob_module._new_hasher
 
 
 def main() -> None:
@@ -71,14 +71,14 @@ def main() -> None:
                     kinds = [("real", TimedHash), ("none", NoHash)]
                     for kind, hasher in kinds if rep % 2 else kinds[::-1]:  # alternate who is first
                         TimedHash.spent = []
-                        weights_module._new_hasher = hasher  # type: ignore[assignment]
+                        blob_module._new_hasher = hasher  # type: ignore[assignment]
                         try:
                             w = fetch_weights(state)  # fresh: the append computes its checksum
                             start = time.perf_counter()
                             catalog.append(ModelV1(weights=w), fsync=fsync)
                             times[kind].append(time.perf_counter() - start)
                         finally:
-                            weights_module._new_hasher = REAL
+                            blob_module._new_hasher = REAL
                         if kind == "real":
                             cpu.append(sum(TimedHash.spent))
                         for path in catalog._row_files().values():  # keep the disk small

@@ -8,6 +8,7 @@ a pipe, a row class that is not declared in the process. The tests share one cat
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import io
@@ -15,73 +16,30 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from cli_rows import DigitsConfigV1, DigitsRowV1, TiedNet
+from cli_rows import (
+    CkptV1,
+    DigitsConfigV1,
+    DigitsRowV1,
+    TiedNet,
+    TwoWeightsV1,
+    assert_user_error,
+    invoke,
+    plain,
+    run,
+)
 from modelrows import Catalog, ModelV1, Weights, fetch_weights, write_model_row
-from modelrows.cli import app
 
-SCRIPT = Path(sys.executable).parent / "modelrows"
-SRC = Path(__file__).resolve().parents[1] / "src"
-TESTS = Path(__file__).resolve().parent
-COMMANDS = ["ls", "sql", "best", "show", "verify", "vacuum", "plot", "export", "import"]
+COMMANDS = ["ls", "sql", "best", "show", "verify", "vacuum", "plot", "export", "import", "diff"]
 ACCURACY = {"a": [0.5, 0.6, 0.7, 0.8], "b": [0.55, 0.62, 0.79, None]}
-CLEARED = ("TTY_COMPATIBLE", "FORCE_COLOR", "MODELROWS_CATALOG", "MODELROWS_IMPORT")
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> Result:
-    """Run the console script next to this interpreter, with this checkout's code."""
-    environ = {k: v for k, v in os.environ.items() if k not in CLEARED}
-    environ.update(PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS)]), COLUMNS="160", NO_COLOR="1")
-    environ.update(env or {})
-    done = subprocess.run(
-        [str(SCRIPT), *map(str, args)],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
-
-
-def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Result:
-    """Run the command's app in this process (for variants of what ``run`` already covers)."""
-    environ: dict[str, str | None] = {k: None for k in CLEARED}
-    environ.update({"COLUMNS": "160", "NO_COLOR": "1", **(env or {})})
-    done = CliRunner().invoke(app, list(map(str, args)), env=environ, prog_name="modelrows")
-    if done.exception is not None and not isinstance(done.exception, SystemExit):
-        raise done.exception
-    return Result(done.exit_code, done.stdout, done.stderr)
-
-
-def plain(text: str) -> str:
-    """Text without terminal escapes (NO_COLOR still leaves bold on a terminal)."""
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-
-
-def assert_user_error(result: Result, message: str) -> None:
-    """Status 2, nothing on stdout, and exactly one line on stderr: the message."""
-    assert (result.code, result.out) == (2, ""), result
-    assert result.err == f"modelrows: error: {message}\n"
 
 
 @dataclass
@@ -323,49 +281,6 @@ def test_vacuum_removes_leftover_temporary_files(cat: Fixture, tmp_path: Path) -
     )
 
 
-# -- plot ------------------------------------------------------------------------------------------
-
-
-def test_plot_draws_learning_curves(cat: Fixture, tmp_path: Path) -> None:
-    png = tmp_path / "curves.png"
-    curves = ["--x", "epoch", "--y", "accuracy", "--by", "run", "-o", png]
-    drawn = invoke("plot", cat.root, *curves)
-    assert drawn.code == 0, drawn
-    assert drawn.out == (
-        f"wrote {png}: 2 lines, 7 points; best accuracy 0.8 (row {cat.ids[('a', 3)]})\n"
-    )
-    with Image.open(png) as image:
-        assert image.format == "PNG"
-        assert image.size == (1200, 750)
-        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colors is not None and len(colors) > 50  # lines, text, antialiasing
-        white = max(count for count, rgb in colors if rgb == (255, 255, 255))
-        assert white < 0.97 * image.size[0] * image.size[1]  # not blank
-
-
-def test_plot_without_matplotlib(
-    cat: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    missing = invoke("plot", cat.root, "-o", tmp_path / "never.png")
-    assert_user_error(
-        missing,
-        "plot needs matplotlib, which is not installed; install it with: "
-        "pip install 'modelrows[plot]'",
-    )
-    assert not (tmp_path / "never.png").exists()
-
-
-def test_plot_with_nothing_to_plot(cat: Fixture, tmp_path: Path) -> None:
-    empty = invoke("plot", cat.root, "--where", "epoch > 10", "-o", tmp_path / "x.png")
-    assert (empty.code, empty.out) == (1, ""), empty
-    assert empty.err == (
-        f"modelrows: nothing to plot: no row of {cat.root} has both epoch and accuracy "
-        "where epoch > 10\n"
-    )
-    assert not (tmp_path / "x.png").exists()
-
-
 # -- export, import --------------------------------------------------------------------------------
 
 
@@ -376,7 +291,7 @@ def test_export_then_import_round_trips_the_weights(cat: Fixture, tmp_path: Path
     exported = invoke("export", row_id, "--to", out, env={"MODELROWS_CATALOG": str(root)})
     assert exported.code == 0, exported
     nbytes = cat.weights[row_id].nbytes  # the tied tensor counted once
-    assert exported.out == f"wrote {out}: 9 tensors, {nbytes:,} bytes from row {row_id}\n"
+    assert exported.out == f"exported row {row_id} to {out}: 9 tensors, {nbytes:,} bytes\n"
     with safe_open(str(out), framework="pt") as f:
         meta: dict[str, Any] = f.metadata()
         assert set(f.keys()) == set(cat.weights[row_id])
@@ -389,6 +304,9 @@ def test_export_then_import_round_trips_the_weights(cat: Fixture, tmp_path: Path
     imported = invoke("import", out, root, "--module", "cli_rows", *fields)
     assert imported.code == 0, imported
     new_id = imported.out.strip()
+    assert (
+        imported.err == f"imported {out} to {root} as row {new_id}: 9 tensors, {nbytes:,} bytes\n"
+    )
     row = Catalog.open(root).get(new_id, verify=True)
     assert isinstance(row, DigitsRowV1)
     assert (row.run, row.epoch, row.accuracy, row.config) == ("imported", 9, 0.25, None)
@@ -417,15 +335,16 @@ def test_export_and_import_errors(cat: Fixture, tmp_path: Path) -> None:
     assert_user_error(
         nested,
         "--set config: config is clitest.digits.config@1 | None, a nested row; the command line "
-        "sets only int, float, str and bool fields (use the Python API for the others)",
+        "sets only int, float, str and bool fields (use the Python API for the others: "
+        "modelrows.import_safetensors)",
     )
     missing = invoke("import", st, cat.root, env={"MODELROWS_IMPORT": "cli_rows"})
     assert_user_error(missing, "DigitsRowV1 needs run: pass --set run=...")
-    unknown_field = invoke("import", st, cat.root, *module, "--set", "lr=0.1")
+    unknown_field = invoke("import", st, cat.root, *module, "--set", "epohc=1")
     assert_user_error(
         unknown_field,
-        "--set lr: DigitsRowV1 has no such field (fields you can set: architecture_version, "
-        "run, epoch, accuracy, commit_sha, config)",
+        "--set epohc: DigitsRowV1 has no such field; did you mean 'epoch'? (fields you can set: "
+        "architecture_version, run, epoch, accuracy, commit_sha, config)",
     )
     assert len(Catalog.open(cat.root)) == 8
 
@@ -433,9 +352,12 @@ def test_export_and_import_errors(cat: Fixture, tmp_path: Path) -> None:
 # -- user errors -----------------------------------------------------------------------------------
 
 
-def test_user_errors_are_one_line_and_status_2(cat: Fixture, tmp_path: Path) -> None:
+def test_user_errors_are_one_line_and_status_2(
+    cat: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    monkeypatch.chdir(empty)  # no ./catalog here
     no_catalog = run("ls", cwd=empty)  # the status the shell sees
     bad_sql = invoke("sql", cat.root, "SELECT nope FROM models")
     unknown = invoke("show", cat.root, "01NOSUCHROW")
@@ -446,7 +368,7 @@ def test_user_errors_are_one_line_and_status_2(cat: Fixture, tmp_path: Path) -> 
     )
     assert (bad_sql.code, bad_sql.out) == (2, "")
     assert bad_sql.err.startswith("modelrows: error: SQL error: Binder Error: ")
-    assert bad_sql.err.count("\n") == 1 and "Traceback" not in bad_sql.err
+    assert "Traceback" not in bad_sql.err
     assert_user_error(unknown, f"no row '01NOSUCHROW' in the catalog at {cat.root}")
 
     bad_sort = invoke("ls", cat.root, "--sort", "nope")
@@ -459,6 +381,202 @@ def test_user_errors_are_one_line_and_status_2(cat: Fixture, tmp_path: Path) -> 
     typo = tmp_path / "typo.model.arrow"  # a path, not a row id of the default catalog
     assert_user_error(invoke("show", typo), f"{typo}: no such file")
     assert_user_error(
+        invoke("show", typo, "-c", cat.root),
+        f"{typo}: no such file, nor a row of the catalog at {cat.root}",
+    )
+    assert_user_error(
         invoke("ls", cat.root, "-c", cat.root),
         f"two catalogs given ({str(cat.root)!r} and --catalog {str(cat.root)!r}); give one",
     )
+
+
+def test_sql_errors_keep_the_caret_under_the_error(cat: Fixture) -> None:
+    typo = invoke("sql", cat.root, "SELEC * FROM models")
+    assert (typo.code, typo.out) == (2, ""), typo
+    assert typo.err == (
+        'modelrows: error: SQL error: Parser Error: syntax error at or near "SELEC"\n'
+        "\n"
+        "LINE 1: SELEC * FROM models\n"
+        "        ^^^^^\n"
+    )
+    where = invoke("ls", cat.root, "--where", "epoch >")
+    assert where.code == 2, where
+    line, caret = where.err.splitlines()[-2:]
+    assert line.startswith("LINE 1: ") and caret.strip() == "^"
+    assert line[len(caret) - 1] == ">"  # the caret under the character DuckDB points at
+    stacked = invoke("ls", cat.root, "--where", "epoch > 1) ; SELECT 1 --")
+    assert stacked.code == 2 and "Parser Error" in stacked.err, stacked  # one expression only
+    column = invoke("ls", cat.root, "--where", "acuracy > 0.5")
+    assert column.code == 2, column
+    assert 'Referenced column "acuracy" not found' in column.err
+    assert 'Candidate bindings: "accuracy"' in column.err
+
+
+def test_a_query_where_the_catalog_goes_is_explained(cat: Fixture, tmp_path: Path) -> None:
+    swapped = invoke("sql", "SELECT count(*) FROM models", cat.root)
+    assert_user_error(
+        swapped,
+        "'SELECT count(*) FROM models' looks like a query, not a catalog directory; the catalog "
+        f"comes first: modelrows sql {cat.root} 'SELECT count(*) FROM models'",
+    )
+    lone = invoke("ls", "select * from models")
+    assert_user_error(
+        lone,
+        "'select * from models' looks like a query, not a catalog directory; run it with: "
+        'modelrows sql [CATALOG] "SELECT ... FROM models"',
+    )
+    condition = invoke("best", "epoch > 2")
+    assert_user_error(
+        condition,
+        "'epoch > 2' looks like a SQL condition, not a catalog directory; give it with --where",
+    )
+    missing = invoke("ls", tmp_path / "nope")
+    assert_user_error(
+        missing,
+        f"no catalog at {tmp_path / 'nope'} (the argument); pass the catalog directory, use "
+        "--catalog DIR, or set MODELROWS_CATALOG",
+    )
+
+
+def test_unknown_columns_suggest_the_nearest(cat: Fixture) -> None:
+    columns = "row_id, written_at, architecture_version, run, epoch, accuracy, commit_sha, config"
+    assert_user_error(
+        invoke("ls", cat.root, "--sort", "acuracy"),
+        f"cannot sort by 'acuracy': not a column of {cat.root}; did you mean 'accuracy'? "
+        f"(columns: {columns})",
+    )
+    assert_user_error(
+        invoke("best", cat.root, "--by", "Epoch"),
+        f"cannot rank by 'Epoch': not a column of {cat.root}; did you mean 'epoch'? "
+        f"(columns: {columns})",
+    )
+    assert_user_error(
+        invoke("plot", cat.root, "--y", "accuracy", "--by", "rum"),
+        f"cannot group by 'rum': not a column of {cat.root}; did you mean 'run'? "
+        f"(columns: {columns})",
+    )
+
+
+# -- bytes, two weights columns, nested fields ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A catalog of TwoWeightsV1 rows: weights and ema, and a 6,716-byte blob."""
+    root = tmp_path_factory.mktemp("two") / "catalog"
+    catalog = Catalog.create(root, TwoWeightsV1)
+    row_id = catalog.append(
+        TwoWeightsV1(
+            weights=fetch_weights(torch.nn.Linear(3, 2)),
+            ema=fetch_weights({"w": torch.ones(5)}),
+            run="a",
+            blob=bytes(range(256)) * 26 + bytes(60),
+        ),
+        fsync=False,
+    )
+    return root, row_id
+
+
+def test_bytes_are_summarized_in_tables_and_csv_unless_raw(two: tuple[Path, str]) -> None:
+    root, _ = two
+    blob = bytes(range(256)) * 26 + bytes(60)
+    table = invoke("ls", root, "-f", "table")
+    assert "<bytes: 6,716>" in table.out and "weights" not in table.out, table
+    as_csv = invoke("sql", root, "SELECT run, blob FROM models")
+    assert as_csv.out == 'run,blob\na,"<bytes: 6,716>"\n', as_csv
+    raw = invoke("sql", root, "SELECT run, blob FROM models", "--raw")
+    assert raw.out == f"run,blob\na,{base64.b64encode(blob).decode()}\n"
+    as_json = invoke("best", root, "--by", "run", "-f", "json")  # JSON stays lossless
+    assert base64.b64decode(json.loads(as_json.out)["blob"]) == blob
+    narrow = invoke("sql", root, "SELECT * FROM models", "-f", "table", env={"COLUMNS": "60"})
+    caption = " ".join(plain(narrow.out).split())
+    assert "hidden to fit the terminal:" in caption and "; hidden" not in caption  # no stray ;
+
+
+def test_export_picks_the_weights_column_by_default(two: tuple[Path, str], tmp_path: Path) -> None:
+    root, row_id = two
+    out = tmp_path / "w.safetensors"
+    default = invoke("export", root, row_id, "--to", out)
+    assert default.out == f"exported row {row_id} to {out}: 2 tensors, 32 bytes\n", default
+    with safe_open(str(out), framework="pt") as f:
+        assert (f.metadata()["modelrows.column"], sorted(f.keys())) == (
+            "weights",
+            ["bias", "weight"],
+        )
+    ema = invoke("export", root, row_id, "--to", out, "--column", "ema")
+    assert ema.out == f"exported row {row_id} to {out}: 1 tensors, 20 bytes (column ema)\n", ema
+    assert_user_error(
+        invoke("export", root, row_id, "--to", out, "--column", "emma"),
+        f"row {row_id} has no weights column 'emma'; did you mean 'ema'? (weights columns: "
+        "weights, ema)",
+    )
+    imported = invoke("import", out, root, "--module", "cli_rows", "--set", "run=b")
+    assert imported.code == 0, imported
+    row = Catalog.open(root).get(imported.out.strip())
+    assert (row.run, row.ema, list(row.weights)) == ("b", None, ["w"])  # weights by default
+
+
+def test_import_names_a_field_it_cannot_set(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    Catalog.create(root, CkptV1)
+    st = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(st))
+    nested = invoke("import", st, root, "--module", "cli_rows", "--set", "run=a")
+    assert_user_error(
+        nested,
+        "CkptV1 needs hparams (clitest.digits.config@1), which the command line cannot set (it "
+        "sets int, float, str and bool fields); import with the Python API: "
+        "modelrows.import_safetensors(path, row_class, values={...})",
+    )
+
+
+# -- user errors of export and import (one line, status 2) -----------------------------------------
+
+
+def test_export_to_a_missing_directory_is_one_line(cat: Fixture, tmp_path: Path) -> None:
+    target = tmp_path / "nonexistent" / "dir" / "x.safetensors"
+    row_id = cat.ids[("a", 1)]
+    done = run("export", cat.root, row_id, "--to", target, cwd=tmp_path)  # the shell's view
+    assert_user_error(
+        done,
+        f"cannot write {target}: the directory {target.parent} does not exist; create it first",
+    )
+
+
+def test_export_never_replaces_a_link_fifo_or_device(cat: Fixture, tmp_path: Path) -> None:
+    row_id = cat.ids[("a", 1)]
+    precious = tmp_path / "precious"
+    precious.write_text("keep")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(precious)
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    for target, kind in [
+        (link, "a symbolic link"),
+        (fifo, "a FIFO"),
+        (Path("/dev/null"), "a device"),
+    ]:
+        assert_user_error(
+            invoke("export", cat.root, row_id, "--to", target),
+            f"cannot write {target}: it is {kind}, and export replaces only regular files; "
+            "remove it or choose another path",
+        )
+    assert precious.read_text() == "keep" and link.is_symlink() and fifo.is_fifo()
+
+
+def test_import_of_malformed_metadata_is_one_line(cat: Fixture, tmp_path: Path) -> None:
+    st = tmp_path / "deep.safetensors"
+    save_file(
+        {"w": torch.ones(2)}, str(st), metadata={"modelrows.names": "[" * 50_000 + "]" * 50_000}
+    )
+    deep = invoke("import", st, cat.root, "--module", "cli_rows", "--set", "run=x")
+    assert_user_error(
+        deep,
+        f"{st}: metadata 'modelrows.names' is not a list of tensor names in JSON; remove the key "
+        "(the tensors import without it) or export the file again",
+    )
+    assert_user_error(
+        invoke("import", tmp_path / "none.safetensors", cat.root, "-m", "cli_rows", "-s", "run=x"),
+        f"{tmp_path / 'none.safetensors'}: no such file",
+    )
+    assert len(Catalog.open(cat.root)) == 8

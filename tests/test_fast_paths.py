@@ -21,8 +21,8 @@ import torch
 from checksums import reference_checksum
 from modelrows import ModelV1, fetch_weights, read_model_row, write_model_row
 from modelrows import _rowfile as rowfile
+from modelrows._blob import empty_bytes
 from modelrows._format import WRITE_ALIGN
-from modelrows._weights import empty_bytes
 
 
 @pytest.mark.parametrize("n", [0, 1, 63, 4096, 5 * 1024 * 1024 + 3])

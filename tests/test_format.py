@@ -31,7 +31,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
-from modelrows._weights import DTYPE_NAMES
+from modelrows._blob import DTYPE_NAMES
 
 GOLDEN = Path(__file__).parent / "golden"
 V1 = GOLDEN / "v1"

@@ -27,8 +27,8 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
+from modelrows import _blob as blob_module
 from modelrows import _schema as schema
-from modelrows import _weights as weights_module
 from modelrows._legolasflux import FlatArrayWeights, FlatArrayWeightsType
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legolasflux" / "test.digits-model.arrow"
@@ -451,8 +451,12 @@ def test_a_dtype_this_torch_lacks_says_to_upgrade_torch(
     write_model_row(
         path, ModelV1(weights=fetch_weights({"x": torch.zeros(4, dtype=torch.float8_e5m2)}))
     )
-    monkeypatch.delitem(weights_module.DTYPE_NAMES, "float8_e5m2")
-    with pytest.raises(
-        CorruptRowError, match="dtype 'float8_e5m2', which this torch .* lacks; upgrade torch"
-    ):
-        read_model_row(path)
+    monkeypatch.delitem(blob_module.DTYPE_NAMES, "float8_e5m2")
+    row = read_model_row(path)  # the row and its facts read without making tensors
+    assert [e.dtype for e in row.weights.entries] == ["float8_e5m2"]
+    assert row.weights.verify()
+    message = f"{re.escape(str(path))}: tensor 'x' has dtype 'float8_e5m2', which this torch .* lacks; upgrade torch"
+    with pytest.raises(CorruptRowError, match=message):
+        row.weights["x"]
+    with pytest.raises(CorruptRowError, match=message):
+        load_weights(nn.Linear(1, 1), row.weights)

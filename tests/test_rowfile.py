@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
@@ -325,3 +326,150 @@ def test_writes_from_mapped_rows_are_independent_of_the_source(tmp_path: Path) -
     row.weights["0.weight"].add_(1)  # a private mapping: the file itself never changes
     assert read_model_row(src, verify=True).weights["0.weight"].ne(row.weights["0.weight"]).all()
     assert lookup("digits.model@1") is DigitsRowV1
+
+
+# -- rows in memory --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "pyarrow"])
+def test_a_row_file_in_memory_reads_like_the_file(tmp_path: Path, kind: str) -> None:
+    model = small_model()
+    path = tmp_path / "m.model.arrow"
+    write_model_row(path, DigitsRowV1(weights=fetch_weights(model), epoch=4))
+    data = path.read_bytes()
+    source = {
+        "bytes": lambda: data,
+        "bytearray": lambda: bytearray(data),
+        "memoryview": lambda: memoryview(data),
+        "pyarrow": lambda: pa.py_buffer(data),
+    }[kind]()
+    row = read_model_row(source, verify=True)  # type: ignore[arg-type]
+    assert isinstance(row, DigitsRowV1) and row.epoch == 4
+    assert row.weights == fetch_weights(model)
+    fresh = small_model()
+    load_weights(fresh, row.weights)
+    assert fetch_weights(fresh) == fetch_weights(model)
+
+
+def test_a_row_in_a_writable_buffer_is_viewed_not_copied(tmp_path: Path) -> None:
+    path = tmp_path / "m.model.arrow"
+    write_model_row(path, ModelV1(weights=fetch_weights({"x": torch.arange(16.0)})))
+    buf = bytearray(path.read_bytes())
+    row = read_model_row(buf)
+    x = row.weights["x"]
+    address = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+    assert address <= x.data_ptr() < address + len(buf)
+    assert torch.equal(x, torch.arange(16.0))
+
+
+def test_a_bad_buffer_is_refused_like_a_bad_file(tmp_path: Path) -> None:
+    data = valid_file(tmp_path).read_bytes()
+    with pytest.raises(NotArrowFileError) as info:
+        read_model_row(b"hello, I am not Arrow at all, just some text")
+    assert str(info.value) == (
+        "in-memory row file: not an Arrow IPC file (the ARROW1 magic is missing at the start); "
+        "is it truncated, or another format?"
+    )
+    with pytest.raises(NotArrowFileError, match="^s3://b/k.arrow: 3 bytes is too short"):
+        read_model_row(b"ARR", where="s3://b/k.arrow")
+    with pytest.raises(NotArrowFileError, match="^s3://b/k.arrow: "):
+        read_model_row(data[: len(data) // 2], where="s3://b/k.arrow")
+    flipped = bytearray(data)
+    row = read_model_row(bytes(flipped))
+    offset = row.weights["0.weight"].data_ptr() - row.weights._storage.data_ptr()
+    flipped[offset] ^= 0xFF
+    with pytest.raises(CorruptRowError, match="^mem: checksum mismatch in column 'weights'"):
+        read_model_row(flipped, verify=True, where="mem")
+
+
+# -- read_row_metadata -----------------------------------------------------------------------------
+
+
+def test_read_row_metadata_gives_every_column_but_tensors(tmp_path: Path) -> None:
+    from modelrows._rowfile import read_row_metadata
+
+    w = fetch_weights(small_model())
+    row = DigitsRowV1(weights=w, epoch=3, accuracy=0.5, config=DigitsConfigV1(seed=9))
+    path = tmp_path / "d.model.arrow"
+    write_model_row(path, row)
+    meta = read_row_metadata(path)
+    assert meta == {
+        "weights": w.checksum,
+        "architecture_version": None,
+        "epoch": 3,
+        "accuracy": 0.5,
+        "config": {"seed": 9, "dropout_rate": 0.0},
+    }
+    assert read_row_metadata(path.read_bytes()) == meta
+    assert read_row_metadata(pa.py_buffer(path.read_bytes())) == meta
+
+
+def test_read_row_metadata_of_a_catalog_row_has_its_managed_columns(tmp_path: Path) -> None:
+    from modelrows import Catalog
+    from modelrows._rowfile import read_row_metadata
+
+    catalog = Catalog.create(tmp_path / "cat", DigitsRowV1)
+    row_id = catalog.append(DigitsRowV1(weights=fetch_weights(small_model()), epoch=1))
+    meta = read_row_metadata(catalog.path_of(row_id))
+    assert meta["row_id"] == row_id and meta["epoch"] == 1
+    assert meta["written_at"].tzinfo is not None
+    assert list(meta)[:2] == ["row_id", "written_at"]
+
+
+def test_read_row_metadata_needs_no_declared_schema(tmp_path: Path) -> None:
+    from modelrows._rowfile import read_row_metadata
+
+    path = valid_file(tmp_path)
+    code = (
+        "import sys; from modelrows._rowfile import read_row_metadata\n"
+        "m = read_row_metadata(sys.argv[1]); print(m['epoch'], m['config'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert out.stdout.strip() == "1 None"
+    assert read_row_metadata(path)["epoch"] == 1
+
+
+def test_read_row_metadata_checks_like_read_model_row(tmp_path: Path) -> None:
+    from modelrows._rowfile import read_row_metadata
+
+    table = ipc.open_file(valid_file(tmp_path)).read_all()
+    with pytest.raises(RowCountError, match="holds 2 rows"):
+        read_row_metadata(
+            write_table(tmp_path / "two.arrow", pa.concat_tables([table, table]).combine_chunks())
+        )
+    newer = table.replace_schema_metadata(
+        {**table.schema.metadata, b"modelrows_format_version": b"2"}
+    )
+    with pytest.raises(UnknownSchemaError, match="written in modelrows format version 2"):
+        read_row_metadata(write_table(tmp_path / "v2.arrow", newer))
+    with pytest.raises(NotArrowFileError):
+        read_row_metadata(b"x" * 100)
+
+
+def test_declaring_and_reading_metadata_import_no_torch(tmp_path: Path) -> None:
+    path = tmp_path / "d.model.arrow"
+    write_model_row(path, DigitsRowV1(weights=fetch_weights(small_model()), epoch=7))
+    code = (
+        "import sys\n"
+        "import modelrows\n"
+        "from modelrows import ModelV1, Row\n"
+        "class ConfigV1(Row, schema='notorch.config', version=1):\n"
+        "    seed: int = 5\n"
+        "class RunV1(ModelV1, schema='notorch.run', version=1):\n"
+        "    epoch: int | None = None\n"
+        "    config: ConfigV1 | None = None\n"
+        "assert RunV1.arrow_schema().names == ['weights', 'architecture_version', 'epoch', 'config']\n"
+        "from modelrows._rowfile import read_row_metadata\n"
+        "meta = read_row_metadata(sys.argv[1])\n"
+        "row = modelrows.read_model_row(sys.argv[1])\n"
+        "print(meta['epoch'], meta['weights'] == row.weights.stored_checksum, row.weights.verify())\n"
+        "print(sorted(m for m in ('torch', 'polars', 'duckdb') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert out.stdout.splitlines() == ["7 True True", "[]"]

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from checksums import reference_checksum
 from modelrows import Catalog, ModelV1, fetch_weights, load_weights, read_model_row, write_model_row
+from modelrows import _blob as blob_module
 from modelrows import _weights as weights_module
-from modelrows._arrowtypes import placeholder
+from modelrows._blob import placeholder
 from modelrows._errors import StorageError
 
 
@@ -100,7 +101,7 @@ def test_the_checksum_of_a_large_write_is_computed_on_another_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: set[str] = set()
-    real = weights_module._new_hasher
+    real = blob_module._new_hasher
 
     class Spy:
         def __init__(self) -> None:
@@ -113,7 +114,7 @@ def test_the_checksum_of_a_large_write_is_computed_on_another_thread(
         def hexdigest(self) -> str:
             return str(self.h.hexdigest())
 
-    monkeypatch.setattr(weights_module, "_new_hasher", Spy)
+    monkeypatch.setattr(blob_module, "_new_hasher", Spy)
     tensors = mixed_tensors()
     write_model_row(tmp_path / "big.arrow", ModelV1(weights=fetch_weights(tensors)), fsync=False)
     assert threads and all(name.startswith("modelrows-checksum") for name in threads)
@@ -130,7 +131,7 @@ def test_a_write_failing_mid_stream_leaves_nothing_and_no_thread(
     write_model_row(path, ModelV1(weights=fetch_weights(nn.Linear(2, 2))), fsync=False)
     old = digest(path)
     calls = {"n": 0}
-    real_stream = weights_module._stream
+    real_stream = blob_module._stream
 
     def failing_write_after_three(sources, start, end, write, hash_):  # type: ignore[no-untyped-def]
         def write_some(data: object) -> object:
@@ -141,7 +142,7 @@ def test_a_write_failing_mid_stream_leaves_nothing_and_no_thread(
 
         return real_stream(sources, start, end, write_some, hash_)
 
-    monkeypatch.setattr(weights_module, "_stream", failing_write_after_three)
+    monkeypatch.setattr(blob_module, "_stream", failing_write_after_three)
     before = set(threading.enumerate())
     with pytest.raises(StorageError, match="step 'write'"):
         write_model_row(path, ModelV1(weights=fetch_weights(mixed_tensors())), fsync=False)
@@ -217,7 +218,7 @@ def test_any_state_dict_streams_to_the_bytes_of_its_snapshot(
     d = tmp_path_factory.mktemp("prop")
     with pytest.MonkeyPatch.context() as mp:
         if threaded:  # every layout hashed on the second thread, however small
-            mp.setattr(weights_module, "HASH_ON_A_THREAD_FROM", 0)
+            mp.setattr(blob_module, "HASH_ON_A_THREAD_FROM", 0)
         snapshot = fetch_weights(tensors)
         write_model_row(d / "a.arrow", ModelV1(weights=snapshot), fsync=False)
         write_model_row(

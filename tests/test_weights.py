@@ -19,7 +19,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
-from modelrows._weights import DTYPE_NAMES
+from modelrows._blob import DTYPE_NAMES
 
 
 def roundtrip(model: nn.Module, tmp_path: Path) -> Weights:

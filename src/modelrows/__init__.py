@@ -35,6 +35,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
+    from ._blob import TensorEntry
     from ._catalog import Catalog, CorruptRow, OnCorrupt
     from ._diff import TensorDiff, diff_weights
     from ._format import FORMAT_VERSION
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, fo
         training_state,
     )
     from ._version import __version__
-    from ._weights import LoadReport, TensorEntry, Weights, fetch_weights, load_weights
+    from ._weights import LoadReport, Weights, fetch_weights, load_weights
 
 # public name -> private module that defines it, imported on first access
 _LAZY = {
@@ -75,7 +76,7 @@ _LAZY = {
     "restore_training_state": "._training",
     "training_state": "._training",
     "LoadReport": "._weights",
-    "TensorEntry": "._weights",
+    "TensorEntry": "._blob",
     "Weights": "._weights",
     "fetch_weights": "._weights",
     "load_weights": "._weights",

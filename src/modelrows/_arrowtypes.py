@@ -9,30 +9,27 @@ to and from Arrow arrays. Nothing here knows about files.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import math
-import mmap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from ._errors import CorruptRowError, SchemaError
-from ._format import ALIGNMENT, CHECKSUM_PREFIX, FORMAT_DTYPES, MAX_NDIM, WEIGHTS_FIELDS
-from ._weights import (
-    DTYPE_NAMES,
-    TensorEntry,
-    Weights,
-    fetch_weights,
-    stream_packed,
+from ._blob import (
+    WEIGHTS_ARROW_TYPE,
+    BlobPlan,
+    DecodeContext,
+    decode_weights,
+    weights_array,
+    weights_type_problem,
 )
+from ._errors import SchemaError
+from ._weights import Weights, fetch_weights
 
-__all__ = ["WEIGHTS_ARROW_TYPE", "FieldType", "RowLike", "resolve"]
+__all__ = ["FieldType", "RowLike", "WeightsType", "resolve"]
 
 _INT64 = (-(2**63), 2**63 - 1)
 MAX_VALUE_BYTES = 2**31 - 2
@@ -113,6 +110,15 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def integer_range(t: pa.DataType) -> tuple[int, int]:
+    """The values an Arrow integer type holds (computed, not through pandas, which pyarrow's
+    ``to_pandas_dtype`` would import)."""
+    bits = t.bit_width
+    if pa.types.is_signed_integer(t):
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
 class IntType(FieldType):
     def __init__(self, name: str, arrow_type: pa.DataType, lo: int, hi: int) -> None:
         self.name, self.arrow_type, self.lo, self.hi = name, arrow_type, lo, hi
@@ -128,8 +134,8 @@ class IntType(FieldType):
     def accepts(self, t: pa.DataType) -> bool:
         if not pa.types.is_integer(t):
             return False
-        info = np.iinfo(np.dtype(t.to_pandas_dtype()))
-        return bool(self.lo <= info.min and info.max <= self.hi)
+        lo, hi = integer_range(t)
+        return self.lo <= lo and hi <= self.hi
 
     def narrows(self, parent: FieldType) -> bool:
         if self.nullable and not parent.nullable:
@@ -356,79 +362,10 @@ def struct_problems(fields: Mapping[str, FieldType], t: pa.DataType) -> list[str
 
 # -- weights ---------------------------------------------------------------------------------------
 
-_TENSOR_STRUCT = pa.struct(
-    [
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("dtype", pa.string(), nullable=False),
-        pa.field("shape", pa.list_(pa.field("item", pa.int64(), nullable=False)), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),
-        pa.field("nbytes", pa.int64(), nullable=False),
-    ]
-)
-WEIGHTS_ARROW_TYPE = pa.struct(
-    [
-        pa.field(
-            "tensors", pa.list_(pa.field("item", _TENSOR_STRUCT, nullable=False)), nullable=False
-        ),
-        pa.field("data", pa.large_binary(), nullable=False),
-        pa.field("fingerprint", pa.string(), nullable=False),
-        pa.field("checksum", pa.string(), nullable=False),
-    ]
-)
-"""The Arrow type of a weights column (docs/format.md, "The weights column")."""
-assert tuple(f.name for f in WEIGHTS_ARROW_TYPE) == WEIGHTS_FIELDS
-
-CHECKSUM_PLACEHOLDER = CHECKSUM_PREFIX + "?" * 16
-"""Stands in for a checksum a :class:`BlobStream` computes while the blob is written."""
-
-
-class BlobStream:
-    """A weights blob that is not in memory: ``to_arrow`` puts its placeholders in the batch (the
-    blob's, ``blob``, an untouched anonymous mapping of the right size, and the checksum's,
-    ``checksum_value``), and whoever serializes the batch calls :meth:`write` when the blob's turn
-    comes, then :meth:`checksum_bytes` for the checksum (which comes after the blob)."""
-
-    def __init__(
-        self, weights: Weights, sources: list[tuple[int, torch.Tensor]], start: int, end: int
-    ) -> None:
-        self.weights, self.sources, self.start, self.end = weights, sources, start, end
-        self.checksum: str | None = None
-        self.blob = placeholder(end - start)
-        self.checksum_value = pa.py_buffer(CHECKSUM_PLACEHOLDER.encode())
-
-    def write(self, write: Callable[[Any], object]) -> None:
-        self.checksum = stream_packed(self.sources, self.start, self.end, write)
-        self.weights._wrote(self.checksum)
-
-    def checksum_bytes(self) -> bytes:
-        if self.checksum is None:
-            raise AssertionError("the checksum is written after the blob it covers")
-        out = self.checksum.encode()
-        if len(out) != len(CHECKSUM_PLACEHOLDER):
-            raise AssertionError(f"checksum {self.checksum!r} has an unexpected length")
-        return out
-
-
-def placeholder(size: int) -> pa.Buffer:
-    """``size`` bytes of zeros that cost nothing: a private read-only anonymous mapping, which
-    the kernel neither backs with memory until read nor charges against its commit limit (so a
-    blob larger than RAM still gets one; a shared or writable mapping of 100 GB fails here)."""
-    if hasattr(mmap, "MAP_PRIVATE"):  # POSIX
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        return pa.py_buffer(mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ))
-    return pa.py_buffer(mmap.mmap(-1, size, access=mmap.ACCESS_READ))  # pragma: no cover
-
-
-@dataclass
-class BlobPlan:
-    """Where a weights blob will land in its file (chosen by the writer) and, once ``to_arrow``
-    has built the column, the stream that writes the blob in place of its placeholder."""
-
-    position: int = 0
-    stream: BlobStream | None = None
-
 
 class WeightsType(FieldType):
+    """A weights column: :class:`~modelrows.Weights` <-> the codec's struct (``_blob``)."""
+
     name = "Weights"
     arrow_type = WEIGHTS_ARROW_TYPE
 
@@ -444,9 +381,8 @@ class WeightsType(FieldType):
 
     def to_arrow(self, values: Sequence[Any], plan: BlobPlan | None = None) -> pa.Array:
         """One Arrow struct per Weights. With one value and a ``plan``, the blob is a placeholder
-        and ``plan.stream`` writes the tensors in its place, straight from the weights' own
-        tensors, placed so every tensor lands 64-byte aligned in the file; without a plan the
-        blob is built in memory."""
+        and ``plan.stream`` writes the tensors in its place (see ``_blob.weights_array``);
+        without a plan the blob is built in memory."""
         if len(values) != 1:
             return (
                 pa.concat_arrays([self.to_arrow([v]) for v in values])
@@ -458,285 +394,21 @@ class WeightsType(FieldType):
             return pa.array([None], type=self.arrow_type)
         assert isinstance(w, Weights)
         entries, sources, _size = w._layout()
-        first = min((e.offset for e in entries if e.nbytes), default=None)
-        end = max((e.offset + e.nbytes for e in entries if e.nbytes), default=0)
-        lead = plan.position % ALIGNMENT if plan is not None and first is not None else 0
-        if first is not None and lead > first:
-            raise AssertionError("packed weights keep 64 bytes of slack before the first tensor")
-        end = max(end, lead)  # the blob is bytes [lead, end) of the layout
-        if plan is not None and end > lead:  # the writer streams it in place of a placeholder
-            plan.stream = BlobStream(w, sources, lead, end)
-            blob, checksum_value = plan.stream.blob, plan.stream.checksum_value
-        else:  # built in memory
-            raw = bytearray()
-            checksum = stream_packed(sources, lead, end, raw.extend)
-            w._wrote(checksum)
-            blob, checksum_value = pa.py_buffer(raw), pa.py_buffer(checksum.encode())
-        tensors = pa.array(
-            [
-                {
-                    "name": e.name,
-                    "dtype": e.dtype,
-                    "shape": list(e.shape),
-                    "offset": e.offset - lead if e.nbytes else 0,
-                    "nbytes": e.nbytes,
-                }
-                for e in entries
-            ],
-            type=_TENSOR_STRUCT,
-        )
-        tensor_list = pa.ListArray.from_arrays(
-            pa.array([0, len(entries)], type=pa.int32()), tensors,
-            type=WEIGHTS_ARROW_TYPE.field("tensors").type,
-        )  # fmt: skip
-        data = pa.Array.from_buffers(
-            pa.large_binary(),
-            1,
-            [None, pa.py_buffer(np.array([0, blob.size], dtype=np.int64)), blob],
-        )
-        checksum = pa.Array.from_buffers(
-            pa.string(),
-            1,
-            [None, pa.py_buffer(np.array([0, checksum_value.size], dtype=np.int32)),
-             checksum_value],
-        )  # fmt: skip
-        return pa.StructArray.from_arrays(
-            [tensor_list, data, pa.array([w.fingerprint]), checksum],
-            fields=list(WEIGHTS_ARROW_TYPE),
-        )
+        return weights_array(entries, sources, w.fingerprint, plan, on_checksum=w._wrote)
 
     def decode(self, array: pa.StructArray, index: int, ctx: DecodeContext) -> Weights | None:
-        """Weights of row ``index``: zero-copy views of ``ctx.storage`` when the bytes lie there."""
-        if is_null(array, index):
+        """Weights of row ``index``: views of ``ctx.storage`` when the bytes lie there, built
+        when a tensor is first asked for."""
+        decoded = decode_weights(array, index, ctx)
+        if decoded is None:
             return None
-        where = ctx.where
-        tensors = array.field("tensors")[index].values
-        data_arr = array.field("data")
-        count = data_arr.offset + len(data_arr) + 1  # the buffer may be longer: read no more
-        offs = np.frombuffer(data_arr.buffers()[1], dtype=np.int64, count=count)
-        start, stop = int(offs[data_arr.offset + index]), int(offs[data_arr.offset + index + 1])
-        values_buf = data_arr.buffers()[2]
-        blob_len = stop - start
-        blob_addr = (values_buf.address if values_buf is not None else 0) + start
-        stored_checksum = array.field("checksum")[index].as_py()
-        stored_fingerprint = array.field("fingerprint")[index].as_py()
-        storage, base = ctx.storage_for(blob_addr, blob_len, values_buf, start)
-        entries = tuple(decode_entries(tensors, blob_len, where, base=base))
-        if _misaligned(storage.data_ptr(), entries):
-            # a foreign writer left a tensor misaligned for its dtype: copy into aligned memory
-            storage = storage[base : base + blob_len].clone()
-            entries = tuple(
-                TensorEntry(e.name, e.dtype, e.shape, e.offset - base if e.nbytes else 0, e.nbytes)
-                for e in entries
-            )
-        w = Weights._from_storage(storage, entries)
-        if w.fingerprint != stored_fingerprint:
-            raise CorruptRowError(
-                f"{where}: the weights' fingerprint {stored_fingerprint!r} does not match their "
-                f"names, dtypes and shapes ({w.fingerprint!r}); the file is corrupt",
-                path=where,
-            )
-        object.__setattr__(w, "_stored_checksum", stored_checksum)
-        return w
-
-
-def _misaligned(address: int, entries: tuple[TensorEntry, ...]) -> bool:
-    """Whether a tensor at ``address + offset`` does not start at a multiple of its item size."""
-    n = len(entries)
-    offsets = np.fromiter((e.offset for e in entries), np.int64, n)
-    sizes = np.fromiter((DTYPE_NAMES[e.dtype].itemsize for e in entries), np.int64, n)
-    return bool(((address % 64 + offsets) % sizes).any())  # 64: a multiple of every item size
-
-
-def is_null(array: pa.Array, index: int) -> bool:
-    """Whether row ``index`` of ``array`` is null, without building a scalar (a struct scalar
-    would read every byte of its children, e.g. a whole weights blob)."""
-    return bool(array.null_count) and not array.is_valid()[index].as_py()
-
-
-class DecodeContext:
-    """What decoding needs of the file being read: its name and the mapped bytes, if any."""
-
-    def __init__(self, where: str, storage: torch.Tensor | None = None, base_address: int = 0):
-        self.where = where
-        self.storage = storage
-        self.base_address = base_address
-
-    def storage_for(
-        self, blob_addr: int, blob_len: int, values_buf: pa.Buffer | None, start: int
-    ) -> tuple[torch.Tensor, int]:
-        """(uint8 storage, offset of the blob in it): the mapped file when the blob lies in it."""
-        if self.storage is not None:
-            rel = blob_addr - self.base_address
-            if rel >= 0 and rel + blob_len <= self.storage.numel():
-                return self.storage, rel
-        if blob_len == 0 or values_buf is None:
-            return torch.empty(0, dtype=torch.uint8), 0
-        raw = np.frombuffer(values_buf, dtype=np.uint8, count=blob_len, offset=start)
-        return torch.from_numpy(raw.copy()), 0
-
-
-def decode_entries(
-    tensors: pa.StructArray, blob_len: int, where: str, *, base: int = 0
-) -> list[TensorEntry]:
-    """Validate the tensor table of one weights value against its blob; raise CorruptRowError.
-
-    The entries' offsets are shifted by ``base`` (where the blob starts in its storage)."""
-
-    def bad(msg: str) -> CorruptRowError:
-        return CorruptRowError(
-            f"{where}: {msg}; the file is corrupt or was not written by modelrows", path=where
+        return Weights._from_file(
+            decoded.storage,
+            decoded.entries,
+            fingerprint=decoded.fingerprint,
+            stored_checksum=decoded.checksum,
+            where=ctx.where,
         )
-
-    entries = _well_formed_entries(tensors, blob_len, base)
-    if entries is None:  # something is off: the careful pass finds it and names it
-        entries = _checked_entries(tensors, blob_len, base, where, bad)
-    overlap = _first_overlap(entries)
-    if overlap is not None:
-        raise bad(
-            f"tensors overlap at byte {overlap - base}; tensors share bytes only when tied "
-            "(identical)"
-        )
-    return entries
-
-
-def _first_overlap(entries: list[TensorEntry]) -> int | None:
-    """The offset where a tensor starts inside another, or None. Tied tensors (same offset, size,
-    dtype and shape) share their bytes; no others may. Offsets and sizes are checked already,
-    so their sums do not overflow."""
-    live = [e for e in entries if e.nbytes]
-    if len(live) < 2:
-        return None
-    offsets = np.fromiter((e.offset for e in live), np.int64, len(live))
-    sizes = np.fromiter((e.nbytes for e in live), np.int64, len(live))
-    order = np.lexsort((sizes, offsets))
-    starts, lengths = offsets[order], sizes[order]
-    # in start order, a tensor overlapping any later one overlaps the next (or is tied to it)
-    for i in np.flatnonzero(starts[:-1] + lengths[:-1] > starts[1:]).tolist():
-        a, b = live[order[i]], live[order[i + 1]]
-        if (a.offset, a.nbytes, a.dtype, a.shape) != (b.offset, b.nbytes, b.dtype, b.shape):
-            return int(starts[i + 1])
-    return None
-
-
-def _well_formed_entries(
-    tensors: pa.StructArray, blob_len: int, base: int
-) -> list[TensorEntry] | None:
-    """The entries of a well-formed tensor table, checked with whole-column operations; None at
-    the first doubt (a null, a bad value), for the careful pass to name."""
-    cols = [tensors.field(k) for k in ("name", "dtype", "shape", "offset", "nbytes")]
-    name_col, dtype_col, shape_col, offset_col, nbytes_col = cols
-    if tensors.null_count or any(c.null_count for c in cols) or shape_col.values.null_count:
-        return None
-    names, dtypes = name_col.to_pylist(), dtype_col.to_pylist()
-    if len(set(names)) != len(names) or "" in names:
-        return None
-    try:
-        itemsizes = np.array([DTYPE_NAMES[d].itemsize for d in dtypes], dtype=np.int64)
-    except KeyError:
-        return None
-    bounds = shape_col.offsets.to_numpy()
-    first = int(bounds[0]) if len(bounds) else 0
-    dims = shape_col.values.to_numpy()[first : int(bounds[-1]) if len(bounds) else 0]
-    rel = bounds - first
-    if (len(dims) and dims.min() < 0) or (len(rel) > 1 and np.diff(rel).max() > MAX_NDIM):
-        return None
-    flat, cuts = dims.tolist(), rel.tolist()
-    shapes = [tuple(flat[a:b]) for a, b in itertools.pairwise(cuts)]
-    numels = [math.prod(shape) for shape in shapes]
-    if numels and max(numels) > _MAX_NUMEL:  # int64 arithmetic below must not overflow
-        return None
-    offsets = offset_col.to_numpy(zero_copy_only=False)
-    sizes = nbytes_col.to_numpy(zero_copy_only=False)
-    used = sizes > 0
-    if (
-        (offsets < 0).any()
-        or (sizes != np.array(numels, dtype=np.int64) * itemsizes).any()
-        or (offsets > blob_len - sizes).any()
-        or (offsets[used] % itemsizes[used]).any()
-    ):
-        return None
-    # an empty tensor has no bytes, so where it says they are does not matter: the start
-    starts = np.where(used, offsets + base, 0).tolist()
-    return list(map(TensorEntry, names, dtypes, shapes, starts, sizes.tolist()))
-
-
-_MAX_NUMEL = 1 << 58  # times an itemsize of at most 16: below 2**63
-
-
-def _checked_entries(
-    tensors: pa.StructArray,
-    blob_len: int,
-    base: int,
-    where: str,
-    bad: Callable[[str], CorruptRowError],
-) -> list[TensorEntry]:
-    """The tensor table checked entry by entry, raising at the first problem with its name."""
-    names = tensors.field("name").to_pylist()
-    dtypes = tensors.field("dtype").to_pylist()
-    shapes = tensors.field("shape").to_pylist()
-    offsets = tensors.field("offset").to_pylist()
-    sizes = tensors.field("nbytes").to_pylist()
-    entries: list[TensorEntry] = []
-    seen: set[str] = set()
-    for name, dtype, shape, offset, nbytes in zip(
-        names, dtypes, shapes, offsets, sizes, strict=True
-    ):
-        if not isinstance(name, str) or not name:
-            raise bad(f"a tensor has an empty or missing name ({name!r})")
-        if name in seen:
-            raise bad(f"tensor {name!r} appears twice")
-        seen.add(name)
-        if dtype in FORMAT_DTYPES and dtype not in DTYPE_NAMES:
-            raise CorruptRowError(
-                f"{where}: tensor {name!r} has dtype {dtype!r}, which this torch "
-                f"({torch.__version__}) lacks; upgrade torch to read it",
-                path=where,
-            )
-        if dtype not in DTYPE_NAMES:
-            raise bad(
-                f"tensor {name!r} has unknown dtype {dtype!r} (known: {', '.join(FORMAT_DTYPES)})"
-            )
-        if shape is None or len(shape) > MAX_NDIM or any(d is None or d < 0 for d in shape):
-            raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
-        if offset is None or nbytes is None or offset < 0 or nbytes < 0:
-            raise bad(f"tensor {name!r} has an invalid offset {offset!r} or size {nbytes!r}")
-        itemsize = DTYPE_NAMES[dtype].itemsize
-        expected = math.prod(shape) * itemsize
-        if expected != nbytes:
-            raise bad(
-                f"tensor {name!r} is {dtype} {tuple(shape)} = {expected} bytes but declares {nbytes}"
-            )
-        if nbytes and offset % itemsize:
-            raise bad(
-                f"tensor {name!r} starts at byte {offset} of the data, not at a multiple of its "
-                f"{itemsize}-byte elements"
-            )
-        if offset + nbytes > blob_len:
-            raise bad(
-                f"tensor {name!r} needs bytes [{offset}, {offset + nbytes}) but the data holds "
-                f"only {blob_len}"
-            )
-        # an empty tensor has no bytes, so where it says they are does not matter: put it at the
-        # (aligned) start of the storage
-        entries.append(
-            TensorEntry(name, dtype, tuple(shape), offset + base if nbytes else 0, nbytes)
-        )
-    return entries
-
-
-def weights_type_problem(t: pa.DataType) -> str | None:
-    """Why ``t`` is not a weights column type, or None."""
-    if not pa.types.is_struct(t):
-        return f"expected the weights struct, found {t}"
-    expected = {f.name: f.type for f in WEIGHTS_ARROW_TYPE}
-    present = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
-    for name, typ in expected.items():
-        if name not in present:
-            return f"the weights struct lacks field {name!r}"
-        if present[name] != typ:
-            return f"weights field {name!r} is {present[name]}, expected {typ}"
-    return None
 
 
 # -- resolution --------------------------------------------------------------------------------------

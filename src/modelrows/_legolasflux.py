@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import pyarrow as pa
-import torch
 
-from ._arrowtypes import BlobPlan, DecodeContext, WeightsType, is_null
+from ._arrowtypes import WeightsType
+from ._blob import BlobPlan, DecodeContext, int_values, is_null, torch_dtypes
 from ._errors import CorruptRowError, WeightsError
-from ._format import MAX_NDIM
+from ._format import DTYPE_ITEMSIZE, MAX_NDIM
+from ._lazy import lazy_module
 from ._schema import Row
-from ._weights import DTYPE_NAMES, Weights
+from ._weights import Weights
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch", globals())
 
 __all__ = ["FlatArrayWeights", "FlatArrayWeightsType", "LegolasFluxModelV1"]
 
@@ -38,12 +43,16 @@ def _is_list(t: pa.DataType) -> bool:
     return bool(pa.types.is_list(t) or pa.types.is_large_list(t))
 
 
-def element_dtype(t: pa.DataType) -> torch.dtype | None:
-    """The torch dtype of FlatArray elements of Arrow type ``t`` (None if not a numeric type
+def element_dtype(t: pa.DataType) -> str | None:
+    """The dtype name of FlatArray elements of Arrow type ``t`` (None if not a numeric type
     stored one element per fixed-width slot, e.g. Arrow's bit-packed booleans)."""
-    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+    if pa.types.is_integer(t):
+        name = f"{'int' if pa.types.is_signed_integer(t) else 'uint'}{t.bit_width}"
+    elif pa.types.is_floating(t):
+        name = f"float{t.bit_width}"
+    else:
         return None
-    return DTYPE_NAMES.get(np.dtype(t.to_pandas_dtype()).name)
+    return name if name in DTYPE_ITEMSIZE else None
 
 
 def flat_array_problem(t: pa.DataType) -> str | None:
@@ -111,9 +120,10 @@ class FlatArrayWeightsType(WeightsType):
         elements = vecs.values
         if vecs.null_count or elements.null_count:
             raise bad("a FlatArray's vec is null or holds nulls")
-        dtype = element_dtype(elements.type)
-        assert dtype is not None  # accepts() checked the element type
-        offsets = vecs.offsets.to_numpy()
+        dtype_name = element_dtype(elements.type)
+        assert dtype_name is not None  # accepts() checked the element type
+        dtype = torch_dtypes()[dtype_name]
+        offsets = int_values(vecs.offsets)
         first, last = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
         flat = _elements(ctx, elements, first, last, dtype)
         tensors: dict[str, torch.Tensor] = {}
@@ -153,7 +163,7 @@ def _elements(
     start = (elements.offset + first) * itemsize
     nbytes = (last - first) * itemsize
     address = (buf.address if buf is not None else 0) + start
-    storage, base = ctx.storage_for(address, nbytes, buf, start)
+    storage, base = ctx.tensor_for(address, nbytes, buf, start)
     raw = storage[base : base + nbytes]
     if raw.data_ptr() % itemsize:  # not aligned for the dtype: copy into fresh memory
         raw = raw.clone()

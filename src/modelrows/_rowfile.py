@@ -1,9 +1,10 @@
-"""One row, one Arrow IPC file: ``write_model_row`` and ``read_model_row``.
+"""One row, one Arrow IPC file: ``write_model_row``, ``read_model_row``, ``read_row_metadata``.
 
-Writes are atomic (temporary file, flush, fsync, rename, directory fsync) and zero-copy: the
-weights' packed storage goes to the file as it is, placed so that every tensor starts at a
-64-byte-aligned file offset. Reads map the file privately and hand out tensors that are views of
-the mapping, after checking the file's structure with bounded work.
+Writes are atomic (``_atomic``) and zero-copy: each weights column's tensors stream to the file
+from where they lie (``_blob``), placed so that every tensor starts at a 64-byte-aligned file
+offset. Reads map the file privately (or take a row file already in memory), check its structure
+with bounded work, and hand out weights that view the mapping. Reading imports no torch: the
+weights build their tensors when first asked for.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import contextlib
 import mmap
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import torch
 
-from ._arrowtypes import BlobPlan, BlobStream, DecodeContext, WeightsType
+from ._arrowtypes import WeightsType
 from ._atomic import PendingFile
+from ._blob import BlobPlan, BlobSink, DecodeContext, blob_buffers, is_null
 from ._errors import (
     CorruptRowError,
     ModelRowsError,
@@ -53,6 +55,7 @@ __all__ = [
     "prepare_row_file",
     "read_model_row",
     "read_row_file",
+    "read_row_metadata",
     "row_batch",
     "write_model_row",
 ]
@@ -62,6 +65,8 @@ _WEIGHTS = WeightsType()
 
 
 PathLike = str | os.PathLike[str]
+RowSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | pa.Buffer"
+"""A row file: its path, or its bytes already in memory."""
 
 
 # -- writing -----------------------------------------------------------------------------------------
@@ -150,59 +155,6 @@ class _AlignedWriter:
                 batch[0] = batch[0][n:]
 
 
-class _Sink:
-    """A file-like sink for pyarrow that records where each buffer lands (and may write nothing).
-
-    A weights blob that is a :class:`BlobStream`'s placeholder is replaced by the stream's bytes
-    (hashed as they pass), and the checksum's placeholder, which comes after it, by the checksum.
-    """
-
-    def __init__(self, f: IO[bytes] | None = None, streams: Sequence[BlobStream] = ()) -> None:
-        self.out = _AlignedWriter(f) if f is not None else None
-        self.pos = 0
-        self.positions: dict[tuple[int, int], int] = {}
-        self.closed = False
-        self.blobs = {(s.blob.address, s.blob.size): s for s in streams}
-        self.checksums = {(s.checksum_value.address, s.checksum_value.size): s for s in streams}
-
-    def write(self, data: Any) -> int:
-        n: int
-        if isinstance(data, pa.Buffer):
-            n = int(data.size)
-            key = (data.address, n)
-            self.positions.setdefault(key, self.pos)
-            if self.out is not None and n:
-                if key in self.blobs:
-                    self.blobs.pop(key).write(self.out.write)
-                elif key in self.checksums:
-                    self.out.write(self.checksums.pop(key).checksum_bytes())
-                else:
-                    self.out.write(data)
-        else:
-            n = len(memoryview(data))
-            if self.out is not None:
-                self.out.write(data)
-        self.pos += n
-        return n
-
-    def tell(self) -> int:
-        return self.pos
-
-    def flush(self) -> None:
-        """Nothing: :meth:`close` writes what is queued (a flush mid-file would break the runs)."""
-
-    def close(self) -> None:
-        if self.out is not None and not self.closed:
-            self.out.finish()
-        self.closed = True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-
 def row_batch(
     row: Row,
     *,
@@ -238,18 +190,6 @@ def row_batch(
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 
 
-def _blobs(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
-    """Weights columns -> (address, size) of their data buffer."""
-    out = {}
-    for i, f in enumerate(batch.schema):
-        if is_weights_type(f.type):
-            data = batch.column(i).field("data")
-            buf = data.buffers()[2]
-            if buf is not None and buf.size:
-                out[f.name] = (buf.address, buf.size)
-    return out
-
-
 _PREALLOCATE_FROM = 1 << 20
 
 
@@ -276,16 +216,16 @@ def _serialize(
     build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[bytes], *, layout: Any = None
 ) -> None:
     """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64),
-    streaming each blob from its tensors (see :class:`BlobStream`). ``layout``: a key under which
+    streaming each blob from its tensors (see ``_blob.BlobStream``). ``layout``: a key under which
     to remember where the blobs landed, for the next batch of the same layout."""
     guess = _LANDED.get(layout, {}) if layout is not None else {}
     plans = {name: BlobPlan(position) for name, position in guess.items()}
     for _ in range(8):
         batch = build(plans)
-        dry = _Sink()
+        dry = BlobSink()
         with ipc.new_file(dry, batch.schema) as w:
             w.write_batch(batch)
-        landed = {name: dry.positions[key] for name, key in _blobs(batch).items()}
+        landed = {name: dry.positions[key] for name, key in blob_buffers(batch).items()}
         if all((pos - plans[name].position) % ALIGNMENT == 0 for name, pos in landed.items()):
             break
         plans = {name: BlobPlan(pos) for name, pos in landed.items()}
@@ -297,7 +237,7 @@ def _serialize(
         _LANDED[layout] = landed
     _preallocate(f, dry.pos)
     streams = [p.stream for p in plans.values() if p.stream is not None]
-    sink = _Sink(f, streams)
+    sink = BlobSink(_AlignedWriter(f), streams)
     with ipc.new_file(sink, batch.schema) as w:
         w.write_batch(batch)
     sink.close()
@@ -305,7 +245,7 @@ def _serialize(
         raise AssertionError(f"wrote {sink.pos} bytes, planned {dry.pos}")
     if sink.blobs or sink.checksums:  # pragma: no cover - pyarrow writes every buffer it has
         raise AssertionError("a weights blob or its checksum was not written")
-    for name, key in _blobs(batch).items():
+    for name, key in blob_buffers(batch).items():
         if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
 
@@ -362,7 +302,8 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def _map(path: Path) -> tuple[mmap.mmap, torch.Tensor, pa.Buffer]:
+def _map(path: Path) -> mmap.mmap:
+    """The file at ``path`` mapped privately (copy-on-write), if it can be a row file."""
     where = str(path)
     try:  # O_NONBLOCK: opening a FIFO named like a row file must not wait for a writer
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -383,34 +324,63 @@ def _map(path: Path) -> tuple[mmap.mmap, torch.Tensor, pa.Buffer]:
             raise NotArrowFileError(
                 f"{where}: {mode.st_size} bytes is too short to be an Arrow IPC file", path=where
             )
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as exc:
         raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
     finally:
         os.close(fd)
-    if mm[:6] != MAGIC or mm[-6:] != MAGIC:
-        missing = "start" if mm[:6] != MAGIC else "end"
-        mm.close()
+
+
+def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buffer, str]:
+    """The bytes of a row file (mapped, or the caller's buffer, not copied) as a uint8 array and
+    a pyarrow buffer, checked as far as ipcguard goes, and the name errors give it."""
+    if isinstance(source, bytes | bytearray | memoryview | pa.Buffer):
+        where = where or "in-memory row file"
+        try:
+            raw = np.frombuffer(source, dtype=np.uint8)
+        except (TypeError, ValueError) as exc:  # a memoryview of another shape, not contiguous
+            raise RowFileError(
+                f"{where}: cannot be read as bytes ({exc}); pass a contiguous bytes-like buffer",
+                path=where,
+            ) from exc
+        buf = source if isinstance(source, pa.Buffer) else pa.py_buffer(raw)
+        if raw.size < _MIN_FILE:
+            raise NotArrowFileError(
+                f"{where}: {raw.size} bytes is too short to be an Arrow IPC file", path=where
+            )
+        owner: mmap.mmap | None = None
+    else:
+        where = where or str(source)
+        owner = _map(Path(source))
+        raw = np.frombuffer(owner, dtype=np.uint8)
+        buf = pa.py_buffer(owner)
+    head, tail = bytes(raw[: len(MAGIC)]), bytes(raw[-len(MAGIC) :])
+    if head != MAGIC or tail != MAGIC:
+        missing = "start" if head != MAGIC else "end"
+        del raw, buf
+        if owner is not None:
+            with contextlib.suppress(BufferError):
+                owner.close()
         raise NotArrowFileError(
-            f"{where}: not an Arrow IPC file (the ARROW1 magic is missing at the {missing}); "
-            "is it truncated, or another format?",
+            f"{where}: not an Arrow IPC file (the {MAGIC.decode()} magic is missing at the "
+            f"{missing}); is it truncated, or another format?",
             path=where,
         )
-    with memoryview(mm) as view:
-        check_row_file(view, where=where)
-    storage = torch.frombuffer(mm, dtype=torch.uint8)
-    return mm, storage, pa.py_buffer(mm)
+    check_row_file(raw.data, where=where)
+    return raw, buf, where
 
 
-def read_row_file(path: PathLike) -> tuple[pa.RecordBatch, DecodeContext]:
+def read_row_file(
+    source: RowSource, *, where: str | None = None
+) -> tuple[pa.RecordBatch, DecodeContext]:
     """Open a one-row Arrow IPC file, check its structure, and return its batch (zero-copy).
 
+    ``source`` is a path (mapped privately) or the file's bytes in memory (viewed, not copied).
     The footer and the batch header are checked before pyarrow reads them (ipcguard), then
-    pyarrow validates the whole batch; no tensor byte is read.
+    pyarrow validates the whole batch; no tensor byte is read. ``where`` names the file in
+    errors (default: the path).
     """
-    target = Path(path)
-    where = str(target)
-    _mm, storage, buf = _map(target)
+    raw, buf, where = _row_bytes(source, where)
     try:
         reader = ipc.open_file(pa.BufferReader(buf))
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -422,7 +392,7 @@ def read_row_file(path: PathLike) -> tuple[pa.RecordBatch, DecodeContext]:
         batch.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise CorruptRowError(f"{where}: the record batch is corrupt: {exc}", path=where) from exc
-    return batch, DecodeContext(where, storage, buf.address)
+    return batch, DecodeContext(where, raw, buf.address)
 
 
 def schema_identifier(schema: pa.Schema, *, where: str) -> str:
@@ -508,15 +478,33 @@ def verify_row(row: Row, *, where: str) -> None:
             )
 
 
-def read_model_row(path: PathLike, *, verify: bool = False) -> Row:
-    """Read the one row of ``path`` as an instance of its declared class.
+def _fetched(source: RowSource, where: str | None) -> tuple[RowSource, str | None]:
+    """A row source with URLs resolved: a ``file://`` URL as its path, an ``s3://`` one as the
+    object's bytes (read whole into memory) named by its URL; anything else as it is."""
+    if not isinstance(source, str | os.PathLike):
+        return source, where
+    target = resolve(source)
+    if isinstance(target, str):  # s3://
+        data, url = read_url(target)
+        return data, where or url
+    return target, where
 
-    Weights are zero-copy views of the privately memory-mapped file. If the file's schema is not
-    declared in this process, the nearest declared ancestor in its qualified chain is returned,
-    with the other columns in ``row.extras`` and the file's identifier in ``row.declared_schema``.
-    ``verify=True`` also recomputes the checksum of every tensor byte. ``path`` may be a
-    ``file://`` URL, or ``s3://bucket/key``: the object is read whole into memory (parallel
-    ranged requests, no temporary file) and checked alike; its weights view that memory.
+
+def read_model_row(source: RowSource, *, verify: bool = False, where: str | None = None) -> Row:
+    """Read the one row of a row file as an instance of its declared class.
+
+    ``source`` is the file's path, or its bytes already in memory (``bytes``, ``bytearray``,
+    ``memoryview`` or a ``pyarrow.Buffer``, e.g. fetched from object storage), checked alike.
+    Weights are zero-copy views of the privately memory-mapped file (or of the buffer: keep it
+    unchanged while they are in use, and do not modify their tensors in place). The tensors are
+    built when first asked for, so reading a row and its other columns imports no torch. If the
+    file's schema is not declared in this process, the nearest declared ancestor in its qualified
+    chain is returned, with the other columns in ``row.extras`` and the file's identifier in
+    ``row.declared_schema``. ``verify=True`` also recomputes the checksum of every tensor byte.
+    ``where`` names the file in error messages (default: its path). A path may also be a
+    ``file://`` URL, or ``s3://bucket/key`` (S3 or an S3-compatible store, configured by the
+    standard AWS variables): the object is read whole into memory with parallel ranged requests
+    (no temporary file) and checked alike.
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, write_model_row
@@ -525,48 +513,57 @@ def read_model_row(path: PathLike, *, verify: bool = False) -> Row:
     >>> read_model_row(path).weights["weight"].shape
     torch.Size([3, 2])
     """
-    source = resolve(path)
-    if isinstance(source, str):  # s3://
-        data, where = read_url(source)
-        batch, ctx = read_row_buffer(data, where=where)
-    else:
-        batch, ctx = read_row_file(source)
+    source, where = _fetched(source, where)
+    batch, ctx = read_row_file(source, where=where)
     row = decode_row(batch, 0, ctx)
     if verify:
         verify_row(row, where=ctx.where)
     return row
 
 
-def read_row_buffer(
-    data: bytearray | memoryview, *, where: str
-) -> tuple[pa.RecordBatch, DecodeContext]:
-    """:func:`read_row_file` for a row file already in memory (e.g. fetched from object
-    storage): the same checks, and the weights view ``data`` (keep it unchanged while they are
-    in use). ``where`` names the file in errors (its URL)."""
-    view = memoryview(data).cast("B")
-    if len(view) < _MIN_FILE:
-        raise NotArrowFileError(
-            f"{where}: {len(view)} bytes is too short to be an Arrow IPC file", path=where
-        )
-    if bytes(view[:6]) != MAGIC or bytes(view[-6:]) != MAGIC:
-        missing = "start" if bytes(view[:6]) != MAGIC else "end"
-        raise NotArrowFileError(
-            f"{where}: not an Arrow IPC file (the ARROW1 magic is missing at the {missing}); "
-            "is it truncated, or another format?",
-            path=where,
-        )
-    check_row_file(view, where=where)
-    buf = pa.py_buffer(view)
-    storage = torch.frombuffer(view, dtype=torch.uint8)
+def read_row_metadata(source: RowSource, *, where: str | None = None) -> dict[str, Any]:
+    """Every column of a row file but its tensors, as plain Python values, without torch.
+
+    ``source`` (a path or URL, or bytes) and the checks are as for :func:`read_model_row` (the file's structure, and that
+    its format version is one this modelrows reads), but no row class need be declared: values
+    come as pyarrow's ``as_py()`` gives them (a nested row as a dict, a timestamp as an aware
+    datetime). A catalog's row file includes ``row_id`` and ``written_at``. A weights column
+    gives its stored checksum (``"xxh3-64:..."``; None if null); no tensor byte is read.
+
+    >>> import tempfile, torch.nn as nn
+    >>> from modelrows import ModelV1, fetch_weights, write_model_row
+    >>> path = tempfile.mkdtemp() + "/m.model.arrow"
+    >>> write_model_row(path, ModelV1(weights=fetch_weights(nn.Linear(2, 3)), architecture_version=4))
+    >>> meta = read_row_metadata(path)
+    >>> meta["architecture_version"], meta["weights"].startswith("xxh3-64:")
+    (4, True)
+    """
+    source, where = _fetched(source, where)
+    batch, ctx = read_row_file(source, where=where)
+    where = ctx.where
+    qualified = schema_identifier(batch.schema, where=where)
     try:
-        reader = ipc.open_file(pa.BufferReader(buf))
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise NotArrowFileError(
-            f"{where}: not a readable Arrow IPC file ({exc}); is it truncated?", path=where
-        ) from exc
-    try:
-        batch = reader.get_batch(0)
-        batch.validate(full=True)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise CorruptRowError(f"{where}: the record batch is corrupt: {exc}", path=where) from exc
-    return batch, DecodeContext(where, storage, buf.address)
+        declared: type[Row] | None = nearest_declared(qualified, where=where)
+    except UnknownSchemaError:
+        declared = None
+    fields = declared.__row_fields__ if declared is not None else {}
+    out: dict[str, Any] = {}
+    for i, f in enumerate(batch.schema):
+        if f.name in out:
+            raise CorruptRowError(f"{where}: column {f.name!r} appears twice", path=where)
+        column = batch.column(i)
+        declared_field = fields.get(f.name)
+        try:
+            if is_weights_type(f.type):
+                out[f.name] = None if is_null(column, 0) else column.field("checksum")[0].as_py()
+            elif declared_field is not None and isinstance(declared_field.type, WeightsType):
+                out[f.name] = None  # another layout of weights (LegolasFlux.jl's): no checksum
+            else:
+                out[f.name] = column[0].as_py()
+        except (ArithmeticError, LookupError, TypeError, ValueError, pa.ArrowException) as exc:
+            raise CorruptRowError(
+                f"{where}: column {f.name!r} holds a value that cannot be decoded ({exc}); "
+                "the file is corrupt",
+                path=where,
+            ) from exc
+    return out

@@ -5,64 +5,54 @@ packed byte storage: each tensor starts at a 64-byte-aligned address, so writing
 storage to Arrow without a copy, and reading a row maps the file and hands out views of it.
 Weights read from a foreign layout (LegolasFlux.jl's column-major arrays) hold strided views of
 that file instead, and pack into the same layout only when it is needed (checksum, equality, write).
+
+Weights read from a file hold its bytes as a NumPy array until a tensor is asked for: reading a
+row, and its weights' names, shapes, fingerprint and checksum, import no torch. The layout,
+streaming and decoding of the stored bytes are the codec's (``_blob``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import mmap
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
-import xxhash
 
+from ._blob import (
+    TensorEntry,
+    as_tensor_bytes,
+    check_tensor,
+    check_torch_dtypes,
+    checksum_of,
+    detached,
+    discard,
+    dtype_name,
+    fingerprint_of,
+    pack,
+    plan_layout,
+    stream_packed,
+    tensor_views,
+    tie_key,
+    torch_dtypes,
+)
 from ._errors import WeightsError, WeightsMismatchError
-from ._format import ALIGNMENT, CHECKSUM_PREFIX, FORMAT_DTYPES
+from ._lazy import lazy_module
 from ._linux import MADV_POPULATE_READ, MADVISE
 
-__all__ = ["DTYPE_NAMES", "LoadReport", "TensorEntry", "Weights", "fetch_weights", "load_weights"]
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch", globals())
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    n: getattr(torch, n) for n in FORMAT_DTYPES if isinstance(getattr(torch, n, None), torch.dtype)
-}
-"""The dtype names of the format (docs/format.md), mapped to the torch dtypes of this install."""
-_NAME_OF_DTYPE: dict[torch.dtype, str] = {v: k for k, v in DTYPE_NAMES.items()}
-
-
-def dtype_name(dtype: torch.dtype, *, tensor: str = "?") -> str:
-    try:
-        return _NAME_OF_DTYPE[dtype]
-    except KeyError:
-        raise WeightsError(
-            f"tensor {tensor!r} has dtype {dtype}, which modelrows cannot store; "
-            f"supported: {', '.join(DTYPE_NAMES)}"
-        ) from None
+__all__ = ["LoadReport", "Weights", "fetch_weights", "load_weights"]
 
 
-def _align(n: int) -> int:
-    return -(-n // ALIGNMENT) * ALIGNMENT
-
-
-class TensorEntry(NamedTuple):
-    """Where one tensor lives in a packed storage. Tied tensors share offset and nbytes.
-
-    An immutable named tuple: cheap to build, which matters when a file lists thousands."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-
-class Weights(Mapping[str, torch.Tensor]):
+class Weights(Mapping[str, "torch.Tensor"]):
     """An immutable mapping from tensor name (state_dict key) to tensor.
 
     Build one with :func:`fetch_weights`. Tensors keep their exact dtype and shape; tied tensors
@@ -81,13 +71,17 @@ class Weights(Mapping[str, torch.Tensor]):
         "_layout_cache",
         "_live",
         "_owned",
-        "_storage",
+        "_raw",
+        "_storage_t",
         "_stored_checksum",
         "_tensors",
+        "_where",
         "_written_checksum",
     )
 
-    _storage: torch.Tensor | None  # None until packed, for weights built by _from_tensors
+    _storage_t: torch.Tensor | None  # None until packed (_from_tensors) or asked for (_from_file)
+    _raw: np.ndarray | None  # a file's bytes (uint8) that ``entries`` point into, for _from_file
+    _where: str | None  # the file, for errors
     _owned: bool  # the storage was packed here: zero padding, 64 bytes of slack, nothing else
     _live: bool  # views of tensors someone else may change: never cache a packed copy or checksum
     _layout_cache: tuple[tuple[TensorEntry, ...], list[tuple[int, torch.Tensor]], int] | None
@@ -99,7 +93,7 @@ class Weights(Mapping[str, torch.Tensor]):
     _written_checksum: str | None
 
     def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
-        storage, entries = _pack(tensors or {})
+        storage, entries = pack(tensors or {})
         self._init(storage, entries)
         object.__setattr__(self, "_owned", True)
 
@@ -109,8 +103,9 @@ class Weights(Mapping[str, torch.Tensor]):
         entries: tuple[TensorEntry, ...],
         tensors: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        assert tensors is not None or storage is not None
-        object.__setattr__(self, "_storage", storage)
+        object.__setattr__(self, "_storage_t", storage)
+        object.__setattr__(self, "_raw", None)
+        object.__setattr__(self, "_where", None)
         object.__setattr__(self, "_entries", entries)
         object.__setattr__(self, "_tensors", tensors)
         object.__setattr__(self, "_checksum", None)
@@ -122,12 +117,35 @@ class Weights(Mapping[str, torch.Tensor]):
         object.__setattr__(self, "_layout_cache", None)
 
     @classmethod
-    def _from_storage(cls, storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> Weights:
-        """Views over an existing uint8 storage (a mapped file); entries are already validated.
-        The views are built when first asked for: a load copies from the storage without them."""
+    def _from_file(
+        cls,
+        raw: np.ndarray,
+        entries: tuple[TensorEntry, ...],
+        *,
+        fingerprint: str,
+        stored_checksum: str | None,
+        where: str,
+    ) -> Weights:
+        """Weights lying in the uint8 array ``raw`` (a mapped file) where the checked ``entries``
+        say. The storage tensor and the views are built when first asked for (a load copies from
+        the storage without views); until then no torch is needed."""
         self = cls.__new__(cls)
-        self._init(storage, entries)
+        self._init(None, entries)
+        object.__setattr__(self, "_raw", raw)
+        object.__setattr__(self, "_where", where)
+        object.__setattr__(self, "_fingerprint", fingerprint)
+        object.__setattr__(self, "_stored_checksum", stored_checksum)
         return self
+
+    @property
+    def _storage(self) -> torch.Tensor | None:
+        """The uint8 storage tensor ``entries`` point into (None for unpacked _from_tensors)."""
+        storage = self._storage_t
+        if storage is None and self._raw is not None:
+            check_torch_dtypes(self._entries, self._where or "weights")
+            storage = as_tensor_bytes(self._raw)
+            object.__setattr__(self, "_storage_t", storage)
+        return storage
 
     @classmethod
     def _from_tensors(cls, tensors: Mapping[str, torch.Tensor], *, live: bool = False) -> Weights:
@@ -135,8 +153,8 @@ class Weights(Mapping[str, torch.Tensor]):
         file): no copy. ``entries``, ``checksum`` and equality describe the packed layout the
         tensors take when written; that packed copy is made only when one of them needs it, and
         kept unless ``live`` (the tensors are a model's own, which training goes on changing)."""
-        checked = {name: _detached(_check_tensor(name, t)) for name, t in tensors.items()}
-        plan = _plan(checked)
+        checked = {name: detached(check_tensor(name, t)) for name, t in tensors.items()}
+        plan = plan_layout(checked)
         self = cls.__new__(cls)
         self._init(None, plan[0], checked)
         object.__setattr__(self, "_live", live)
@@ -147,19 +165,19 @@ class Weights(Mapping[str, torch.Tensor]):
         """The packed uint8 storage that ``entries`` point into (packed now if not yet)."""
         storage = self._storage
         if storage is None:
-            storage, entries = _pack(self._tensor_map())
+            storage, entries = pack(self._tensor_map())
             assert entries == self._entries, "packing must follow the planned layout"
             if not self._live:
-                object.__setattr__(self, "_storage", storage)
+                object.__setattr__(self, "_storage_t", storage)
                 object.__setattr__(self, "_owned", True)
         return storage
 
     def _layout(self) -> tuple[tuple[TensorEntry, ...], list[tuple[int, torch.Tensor]], int]:
-        """How a write lays these weights out (see :func:`_plan`): the entries, the (offset,
+        """How a write lays these weights out (see ``_blob.plan_layout``): the entries, the (offset,
         tensor) sources in offset order, and the size. Packed weights are their own sources;
         views of a file or a model are planned afresh, so padding is zero and nothing but their
         tensors goes to the file. Copies nothing."""
-        storage = self._storage
+        storage = self._storage_t
         if self._owned and storage is not None:
             sources = [
                 (e.offset, storage[e.offset : e.offset + e.nbytes])
@@ -168,7 +186,7 @@ class Weights(Mapping[str, torch.Tensor]):
             ]
             return self._entries, sources, storage.numel()
         if self._layout_cache is None:
-            object.__setattr__(self, "_layout_cache", _plan(self._tensor_map()))
+            object.__setattr__(self, "_layout_cache", plan_layout(self._tensor_map()))
         assert self._layout_cache is not None
         return self._layout_cache
 
@@ -190,8 +208,9 @@ class Weights(Mapping[str, torch.Tensor]):
         """Name -> tensor, building the storage's views on first use (tied names: one object)."""
         tensors = self._tensors
         if tensors is None:
-            assert self._storage is not None
-            tensors = _views(self._storage, self._entries)
+            storage = self._storage
+            assert storage is not None
+            tensors = tensor_views(storage, self._entries)
             object.__setattr__(self, "_tensors", tensors)
         return tensors
 
@@ -199,8 +218,9 @@ class Weights(Mapping[str, torch.Tensor]):
         """The tensor of one of these entries, without building the views of all the others."""
         if self._tensors is not None:
             return self._tensors[entry.name]
-        assert self._storage is not None
-        return _views(self._storage, (entry,))[entry.name]
+        storage = self._storage
+        assert storage is not None
+        return tensor_views(storage, (entry,))[entry.name]
 
     # -- Mapping ---------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -250,9 +270,12 @@ class Weights(Mapping[str, torch.Tensor]):
         """``xxh3-64:<hex>`` over every distinct tensor's bytes in stored order (docs/format.md)."""
         if self._checksum is not None:
             return self._checksum
-        _entries, sources, _size = self._layout()
-        end = max((offset + t.nbytes for offset, t in sources if t.nbytes), default=0)
-        checksum = stream_packed(sources, 0, end, _discard)  # hashes without packing a copy
+        if self._raw is not None:  # read from a file: hash its bytes, no tensors needed
+            checksum = checksum_of(self._raw, self._entries)
+        else:
+            _entries, sources, _size = self._layout()
+            end = max((offset + t.nbytes for offset, t in sources if t.nbytes), default=0)
+            checksum = stream_packed(sources, 0, end, discard)  # hashes without packing a copy
         self._wrote(checksum)
         return checksum
 
@@ -308,23 +331,6 @@ class Weights(Mapping[str, torch.Tensor]):
         raise TypeError("Weights are never pickled; store them with write_model_row or a Catalog")
 
 
-def _flat_view(storage: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """The uint8 ``storage`` (starting at its storage's first byte) as one flat ``dtype`` tensor,
-    or None where that view is not possible (misaligned start)."""
-    size = dtype.itemsize
-    if storage.storage_offset() or storage.data_ptr() % size:
-        return None
-    usable = storage.numel() - storage.numel() % size
-    return storage[:usable].view(dtype)
-
-
-def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        strides[i] = strides[i + 1] * max(shape[i + 1], 1)
-    return tuple(strides)
-
-
 def _human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
@@ -332,81 +338,6 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     raise AssertionError("unreachable")
-
-
-def fingerprint_of(entries: tuple[TensorEntry, ...] | list[TensorEntry]) -> str:
-    """SHA-256 of sorted ``name\\tdtype\\tdim,dim,...\\n`` lines; first 32 hex digits."""
-    shapes: dict[tuple[int, ...], str] = {}  # models repeat their shapes
-    lines = []
-    for e in entries:
-        dims = shapes.get(e.shape)
-        if dims is None:
-            dims = shapes[e.shape] = ",".join(map(str, e.shape))
-        lines.append(f"{e.name}\t{e.dtype}\t{dims}\n")
-    lines.sort()
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()[:32]
-
-
-def _check_tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(name, str) or not name:
-        raise WeightsError(f"tensor names must be non-empty strings, got {name!r}")
-    if not isinstance(t, torch.Tensor):
-        raise WeightsError(
-            f"{name!r} is a {type(t).__name__}, not a torch.Tensor; only tensors are stored "
-            "(convert it with torch.as_tensor, or leave it out)"
-        )
-    if t.layout != torch.strided:
-        raise WeightsError(f"tensor {name!r} has layout {t.layout}; convert it with .to_dense()")
-    if t.is_quantized:
-        raise WeightsError(f"tensor {name!r} is quantized; dequantize it before storing")
-    if t.device.type == "meta":
-        raise WeightsError(f"tensor {name!r} is on the meta device and has no values to store")
-    dtype_name(t.dtype, tensor=name)
-    return t
-
-
-def _detached(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself unless it tracks gradients (a model's parameter): then a detached view."""
-    return t.detach() if t.requires_grad else t
-
-
-def _tie_key(t: torch.Tensor) -> tuple[Any, ...]:
-    return (
-        t.device,
-        t.untyped_storage().data_ptr(),
-        t.storage_offset(),
-        t.shape,
-        t.stride(),
-        t.dtype,
-    )
-
-
-def _views(storage: torch.Tensor, entries: tuple[TensorEntry, ...]) -> dict[str, torch.Tensor]:
-    """Typed views of a packed storage, one per entry; tied entries share one tensor object."""
-    views: dict[tuple[int, int], torch.Tensor] = {}
-    tensors: dict[str, torch.Tensor] = {}
-    flat: dict[torch.dtype, torch.Tensor | None] = {}  # the storage viewed as each dtype
-    strides: dict[tuple[int, ...], tuple[int, ...]] = {}  # models repeat their shapes
-    for e in entries:
-        key = (e.offset, e.nbytes)
-        t = views.get(key) if e.nbytes else None
-        if t is None:
-            dtype = DTYPE_NAMES[e.dtype]
-            size = dtype.itemsize
-            if dtype not in flat:
-                flat[dtype] = _flat_view(storage, dtype)
-            whole = flat[dtype]
-            if whole is not None and e.nbytes and e.offset % size == 0:
-                stride = strides.get(e.shape)
-                if stride is None:
-                    stride = strides[e.shape] = _strides(e.shape)
-                # one as_strided call instead of slice + view + view: ~3x faster per tensor
-                t = whole.as_strided(e.shape, stride, e.offset // size)
-            else:
-                t = storage[e.offset : e.offset + e.nbytes].view(dtype).view(e.shape)
-            views[key] = t
-        tensors[e.name] = t
-    return tensors
 
 
 PREFAULT_FROM = 8 << 20
@@ -449,175 +380,6 @@ def _prefaulting(spans_in: list[tuple[int, int]]) -> Iterator[None]:
         yield
     finally:
         thread.join()
-
-
-def empty_bytes(n: int) -> torch.Tensor:
-    """``n`` uninitialized bytes of CPU memory, backed by transparent huge pages where possible.
-
-    NumPy's allocator advises the kernel to use huge pages for large blocks (``MADV_HUGEPAGE``),
-    which makes the first write to fresh memory several times faster than torch.empty's 4 KB
-    pages (one page fault per 2 MB instead of per 4 KB). The result starts 64-byte aligned.
-    """
-    block = np.empty(n + ALIGNMENT, dtype=np.uint8)
-    start = -block.ctypes.data % ALIGNMENT
-    return torch.from_numpy(block[start : start + n])
-
-
-def copy_bytes(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """Copy ``src`` into the uint8 CPU tensor ``dst`` (its exact size), as raw bytes.
-
-    Contiguous CPU sources are copied with one plain memcpy (NumPy), which is as fast as torch's
-    copy_ and does not wait on torch's thread pool: on a busy machine each parallel copy_ can stall
-    for milliseconds until a second thread is scheduled. Anything else goes through copy_.
-    """
-    if src.device.type == "cpu" and src.is_contiguous() and not (src.is_conj() or src.is_neg()):
-        np.copyto(dst.numpy(), src.reshape(-1).view(torch.uint8).numpy())
-    else:
-        dst.view(src.dtype).view(src.shape).copy_(src)
-
-
-def _plan(
-    tensors: Mapping[str, torch.Tensor],
-) -> tuple[tuple[TensorEntry, ...], list[tuple[int, torch.Tensor]], int]:
-    """Where each tensor goes in a packed storage (each at a 64-byte boundary, after 64 bytes of
-    slack): the entries, the (offset, tensor) pairs to copy, and the storage size. Copies nothing."""
-    entries: list[TensorEntry] = []
-    sources: list[tuple[int, torch.Tensor]] = []
-    owner: dict[tuple[Any, ...], TensorEntry] = {}
-    cursor = ALIGNMENT  # slack in front lets a writer align the first tensor in its file
-    for name, value in tensors.items():
-        t = _check_tensor(name, value).detach()
-        nbytes = t.numel() * t.element_size()
-        key = _tie_key(t)
-        tied = owner.get(key) if nbytes else None
-        if tied is not None:
-            entries.append(TensorEntry(name, tied.dtype, tied.shape, tied.offset, tied.nbytes))
-            continue
-        offset = _align(cursor)
-        entry = TensorEntry(name, dtype_name(t.dtype, tensor=name), tuple(t.shape), offset, nbytes)
-        entries.append(entry)
-        owner[key] = entry
-        sources.append((offset, t))
-        cursor = offset + nbytes
-    return tuple(entries), sources, _align(cursor)
-
-
-def _pack(tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[TensorEntry, ...]]:
-    """Copy tensors into one storage laid out by :func:`_plan` (C order); padding is zeroed."""
-    entries, sources, size = _plan(tensors)
-    storage = empty_bytes(size)
-    raw = storage.numpy()
-    end = 0
-    for offset, t in sources:
-        raw[end:offset] = 0
-        nbytes = t.numel() * t.element_size()
-        copy_bytes(storage[offset : offset + nbytes], t)
-        end = offset + nbytes
-    raw[end:] = 0
-    return storage, entries
-
-
-STREAM_CHUNK = 4 << 20
-"""Bytes handed to the file (and to the hash) at a time by :func:`stream_packed`."""
-
-HASH_ON_A_THREAD_FROM = 8 << 20
-"""Layouts at least this large are hashed on a second thread while the file is written."""
-
-_new_hasher = xxhash.xxh3_64  # the checksum's hash; a benchmark swaps it to measure its cost
-
-_ZEROS = bytes(ALIGNMENT)
-
-
-def _discard(data: Any) -> None:
-    """A ``write`` for :func:`stream_packed` when only the checksum is wanted."""
-
-
-def host_bytes(t: torch.Tensor) -> np.ndarray:
-    """The bytes of ``t`` (not tracking gradients) in C order as a 1-d uint8 array: a view for a
-    contiguous CPU tensor, a copy (of this one tensor) for anything else (strided, on a GPU,
-    lazily conjugated)."""
-    if t.device.type == "cpu" and t.is_contiguous() and not (t.is_conj() or t.is_neg()):
-        return t.reshape(-1).view(torch.uint8).numpy()
-    dst = empty_bytes(t.numel() * t.element_size())
-    copy_bytes(dst, t)
-    return dst.numpy()
-
-
-def stream_packed(
-    sources: list[tuple[int, torch.Tensor]], start: int, end: int, write: Callable[[Any], object]
-) -> str:
-    """Hand bytes ``[start, end)`` of a packed layout to ``write`` without building it: the bytes
-    of each source tensor at its offset, zeros between them, in chunks. ``sources`` are (offset,
-    tensor) in offset order, as :func:`_plan` gives them. Returns the checksum of the very bytes
-    written (docs/format.md): XXH3-64 over each distinct tensor's bytes in order, padding excluded.
-
-    Large layouts are hashed on a second thread, chunk by chunk in order, while this one writes
-    (xxhash and file writes both release the GIL), so the checksum adds little to a write's time.
-    """
-    h = _new_hasher()
-    if end - start < HASH_ON_A_THREAD_FROM:
-        _stream(sources, start, end, write, h.update)
-    else:
-        with ThreadPoolExecutor(1, thread_name_prefix="modelrows-checksum") as pool:
-            pending: list[Future[None]] = []
-            batch: list[Any] = []  # small tensors go to the thread together: one hand-off each
-            batched = 0
-
-            def hash_all(chunks: list[Any]) -> None:
-                for chunk in chunks:
-                    h.update(chunk)
-
-            def submit() -> None:
-                nonlocal batch, batched
-                pending.append(pool.submit(hash_all, batch))
-                batch, batched = [], 0
-
-            def hash_later(chunk: Any) -> None:
-                nonlocal batched
-                batch.append(chunk)
-                batched += len(chunk)
-                if batched >= STREAM_CHUNK:
-                    submit()
-
-            try:
-                _stream(sources, start, end, write, hash_later)
-                if batch:
-                    submit()
-            except BaseException:
-                for job in pending:
-                    job.cancel()
-                raise
-            for job in pending:
-                job.result()
-    return CHECKSUM_PREFIX + h.hexdigest()
-
-
-def _stream(
-    sources: list[tuple[int, torch.Tensor]],
-    start: int,
-    end: int,
-    write: Callable[[Any], object],
-    hash_: Callable[[Any], object],
-) -> None:
-    pos = start
-    for offset, t in sources:
-        nbytes = t.numel() * t.element_size()
-        if not nbytes:
-            continue
-        if offset < pos:
-            raise AssertionError("sources must be in offset order, each after the last")
-        while pos < offset:
-            gap = min(offset - pos, ALIGNMENT)
-            write(_ZEROS[:gap])
-            pos += gap
-        raw = host_bytes(t)
-        for i in range(0, nbytes, STREAM_CHUNK):
-            chunk = raw[i : i + STREAM_CHUNK]
-            hash_(chunk)
-            write(chunk)
-        pos += nbytes
-    if pos != end:
-        raise AssertionError(f"streamed up to byte {pos} of the layout, expected {end}")
 
 
 def fetch_weights(
@@ -701,11 +463,12 @@ def _describe(weights: Mapping[str, torch.Tensor], names: dict[str, str]) -> dic
         storage = weights._storage
         base = storage.data_ptr() if storage is not None and storage.is_cpu else -1
         entries = {e.name: e for e in weights._entries}
+        dtypes = torch_dtypes()
         out = {}
         for name, key in names.items():
             e = entries[key]
             out[name] = _Source(
-                DTYPE_NAMES[e.dtype],
+                dtypes[e.dtype],
                 e.shape,
                 e.nbytes,
                 (e.offset, e.nbytes) if e.nbytes else None,
@@ -715,8 +478,8 @@ def _describe(weights: Mapping[str, torch.Tensor], names: dict[str, str]) -> dic
         return out
     out = {}
     for name, key in names.items():
-        t = _check_tensor(key, weights[key])
-        tie = _tie_key(t) if t.numel() else None
+        t = check_tensor(key, weights[key])
+        tie = tie_key(t) if t.numel() else None
         out[name] = _Source(t.dtype, tuple(t.shape), t.nbytes, tie, -1, None)
     return out
 
@@ -726,8 +489,6 @@ COPY_DIRECT_BELOW = 1 << 20
 with one ``memmove`` (~0.5 us) instead of a view and ``copy_`` (~5 us): a BatchNorm-heavy model
 has hundreds. Larger ones go through ``copy_``, whose copy loop beats glibc's ``memmove`` on
 large blocks."""
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _copy_into(
@@ -743,6 +504,7 @@ def _copy_into(
     storage = weights._storage if isinstance(weights, Weights) and not weights._owned else None
     mapped = storage is not None and storage.numel() >= PREFAULT_FROM  # (the whole file)
     spans = [(source[n].address, source[n].nbytes) for n in to_load] if mapped else []
+    plain = (torch.Tensor, torch.nn.Parameter)
     with torch.no_grad(), _prefaulting(spans):
         for name in to_load:
             target = targets[name]
@@ -753,7 +515,7 @@ def _copy_into(
             if (
                 src.address >= 0
                 and src.nbytes < COPY_DIRECT_BELOW
-                and type(target) in _PLAIN
+                and type(target) in plain
                 and target.is_cpu
                 and target.dtype == src.dtype
                 and target.is_contiguous()

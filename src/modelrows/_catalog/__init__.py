@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -51,6 +51,7 @@ from .._format import (
     ROW_ID_TYPE,
     WRITTEN_AT_TYPE,
     is_row_file_name,
+    is_temp_name,
     is_weights_type,
     managed_fields,
     row_file_name,
@@ -59,12 +60,11 @@ from .._ipcguard import check_schema_message
 from .._rowfile import (
     PathLike,
     decode_row,
-    read_row_buffer,
     read_row_file,
     row_writer,
     verify_row,
 )
-from .._schema import ModelV1, Row, nearest_declared
+from .._schema import Row, nearest_declared
 from . import _index
 from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
 from ._remote import read_for_index
@@ -240,10 +240,13 @@ class Catalog:
         """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there).
 
         Idempotent: any number of processes may create the same catalog at once."""
-        if not (isinstance(row_class, type) and issubclass(row_class, ModelV1)):
+        # model rows (ModelV1 and its children), or rows without weights (evaluations, ...)
+        if not (
+            isinstance(row_class, type) and issubclass(row_class, Row) and row_class.__identifier__
+        ):
             raise CatalogError(
-                f"a catalog holds model rows: {row_class!r} does not extend ModelV1 "
-                "(modelrows.model@1)"
+                f"a catalog holds rows of a declared row class (a subclass of ModelV1, or of Row "
+                f"for rows without weights, with schema= and version=); got {row_class!r}"
             )
         if isinstance(partition_by, str):
             raise CatalogError(f"partition_by takes a list of field names, e.g. [{partition_by!r}]")
@@ -420,11 +423,11 @@ class Catalog:
             entries = pa.concat_tables(written) if len(written) > 1 else written[0]
             self._index.publish_add(entries.column("row_id")[0].as_py(), entries, fsync=fsync)
         except BaseException as exc:
-            published = self._published_anyway(exc, written, len(batch))
-            if published:
+            outcome = self._publish_outcome(exc, written, len(batch))
+            if outcome == "published":
                 return self._appended(written, segments, fsync=fsync)
             visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
-            if not visible and published is not None:
+            if not visible and outcome == "failed":
                 for table in written:  # never published: take the files back
                     with contextlib.suppress(ModelRowsError, OSError):
                         self.store.delete(table.column(PATH)[0].as_py())
@@ -441,7 +444,7 @@ class Catalog:
                     else f"The store did not say whether the {noun} went in: the index holds "
                     f"{'them all or none' if n > 1 else 'the whole row or nothing'} (look again "
                     "later; catalog.vacuum() removes the files of rows that did not)."
-                    if published is None
+                    if outcome == "unknown"
                     else f"{'None of the rows was' if n > 1 else 'The row was not'} added."
                 ),
                 path=exc.path,
@@ -459,21 +462,24 @@ class Catalog:
         )
         return [str(t.column("row_id")[0].as_py()) for t in written]
 
-    def _published_anyway(self, exc: BaseException, written: list[pa.Table], n: int) -> bool | None:
-        """After an append failed while publishing its index entry on object storage, whether
-        the entry landed all the same (a request can be carried out and its answer lost): True,
-        False, or None when the store cannot say (its row files must then stay). False for a
-        local store, and for a failure before publishing."""
+    def _publish_outcome(
+        self, exc: BaseException, written: list[pa.Table], n: int
+    ) -> Literal["failed", "published", "absent", "unknown"]:
+        """What a failed append left: ``"failed"``, nothing published (its row files may be
+        taken back). On object storage, a request that failed while publishing the index entry
+        may still have been carried out (its answer lost, or it landed after the client gave
+        up), so the index is asked: ``"published"`` (the append succeeded), ``"absent"`` or
+        ``"unknown"`` (the store did not answer); the row files then stay, for ``vacuum`` to
+        remove once old if they are never published."""
         if len(written) != n or not isinstance(exc, StorageError):
-            return False
+            return "failed"
         if self.store.local_path("") is not None:
-            return False
+            return "failed"
         try:
-            return (
-                self.store.size(_index.add_key(written[0].column("row_id")[0].as_py())) is not None
-            )
+            found = self._index.lookup(written[0].column("row_id")[0].as_py())
         except (ModelRowsError, OSError):
-            return None
+            return "unknown"
+        return "absent" if found is None else "published"
 
     def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
         """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
@@ -543,14 +549,14 @@ class Catalog:
                     deleted |= set(
                         self._index._parquet(_index.LOG + name).column("row_id").to_pylist()
                     )
-        files = self._row_files()
+        files = self._row_file_copies()
         step, close = _progress(progress, len(files), f"indexing {self.url}")
         tables = []
         shown = False
         try:
-            for done, (row_id, key) in enumerate(sorted(files.items()), 1):
+            for done, (row_id, keys) in enumerate(sorted(files.items()), 1):
                 if row_id not in deleted:
-                    entry = self._entry_from_file(row_id, key)
+                    entry = self._best_copy(row_id, keys)
                     if entry is not None:
                         tables.append(entry)
                 step(done)
@@ -568,10 +574,28 @@ class Catalog:
                     shown = True
         finally:
             close()
-        rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
+        rows = (
+            pa.concat_tables(tables)
+            if tables
+            else pa.Table.from_batches([], schema=self._index.schema)
+        )
         self._index.rebuild(rows, log_before)
         self._indexed = True
         return int(rows.num_rows)
+
+    def _best_copy(self, row_id: str, keys: list[str]) -> pa.Table | None:
+        """The index row of the sound copy of ``row_id`` that lies where its partition values
+        say (or the first sound one), None if no copy is sound."""
+        fallback = None
+        for key in sorted(keys):
+            entry = self._entry_from_file(row_id, key)
+            if entry is None:
+                continue
+            values = {k: entry.column(k)[0].as_py() for k in self.partition_by}
+            if key.rpartition("/")[0] == self._partition_dir(values):
+                return entry
+            fallback = fallback or entry
+        return fallback
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
         """The index row of a row file, read from the file (from a remote store, every byte
@@ -606,17 +630,29 @@ class Catalog:
 
     def _row_files(self) -> dict[str, str]:
         """Every row file in the partition directories, by row id (lists them all: reindex and
-        vacuum only)."""
-        depth = len(self.partition_by)
+        vacuum only). Of copies of one row in several directories, the one in the directory
+        its name sorts first in."""
         found: dict[str, str] = {}
+        for row_id, keys in self._row_file_copies().items():
+            found[row_id] = keys[0]
+        return found
+
+    def _row_file_copies(self) -> dict[str, list[str]]:
+        """Every row file in the partition directories: row id -> the keys holding it."""
+        depth = len(self.partition_by)
+        found: dict[str, list[str]] = {}
         for key, _ in self.store.list(""):
             parts = key.split("/")
             if len(parts) != depth + 1 or not is_row_file_name(parts[-1]):
                 continue
             if any(p.startswith((".", "_")) or "=" not in p for p in parts[:-1]):
                 continue
-            found[parts[-1].split(".", 1)[0]] = key
+            found.setdefault(parts[-1].split(".", 1)[0], []).append(key)
         return found
+
+    def _partition_dir(self, values: Mapping[str, Any]) -> str:
+        """The directory (key prefix, "" for the root) where a row of these values belongs."""
+        return "/".join(_encode_segment(k, values[k]) for k in self.partition_by)
 
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -692,7 +728,7 @@ class Catalog:
                 "list such rows and catalog.reindex() to drop them from the index",
                 path=where,
             ) from None
-        return read_row_buffer(data, where=where)
+        return read_row_file(data, where=where)
 
     def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path | str) -> None:
         if not batch.schema.equals(self.arrow_schema, check_metadata=False):
@@ -1000,9 +1036,7 @@ class Catalog:
         if local is None:
             return []
         return [
-            local / key
-            for key, _ in self.store.list("")
-            if key.rsplit("/", 1)[-1].startswith(".") and key.endswith(".tmp")
+            local / key for key, _ in self.store.list("") if is_temp_name(key.rsplit("/", 1)[-1])
         ]
 
     def _problem(self, row_id: str, key: str, *, verify: bool = False) -> _Problem | None:
@@ -1051,10 +1085,9 @@ class Catalog:
                 path = self._path(key)
                 problem = self._problem(row_id, key, verify=True)
                 if problem is None:
-                    expected = "/".join(
-                        _encode_segment(k, parts[k][ids.index(row_id)]) for k in self.partition_by
-                    )
-                    found = key.rsplit("/", 1)[0] if "/" in key else ""
+                    at = ids.index(row_id)
+                    expected = self._partition_dir({k: parts[k][at] for k in self.partition_by})
+                    found = key.rpartition("/")[0]
                     if found != expected:
                         problem = (
                             CorruptRowError,

@@ -5,7 +5,7 @@ checksums of its weights, not its tensor bytes. From a remote store, :func:`read
 fetches the object's head (magic, schema, the record batch's header), its footer and every
 buffer of the record batch's body but the large ones, in three or four ranged requests, and
 lays them out in a buffer the size of the object, the bytes not fetched left zero. The row is
-then checked as every read is (``read_row_buffer``). A skipped buffer that turns out to be
+then checked as every read is (``read_row_file``). A skipped buffer that turns out to be
 anything but a weights column's tensor bytes (a huge tensor table, a long string) makes it read
 the whole object instead, so what the index gets is always what the object holds.
 """
@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from .._format import is_weights_type
 from .._ipcguard import FlatTable, message_table
-from .._rowfile import read_row_buffer
+from .._rowfile import read_row_file
 from ._store import Store
 
 __all__ = ["read_for_index"]
@@ -84,7 +84,7 @@ def read_for_index(store: Store, key: str, *, where: str) -> tuple[pa.RecordBatc
     if size is None:
         raise FileNotFoundError(2, "no such object", where)
     if size < _WHOLE_BELOW:
-        return read_row_buffer(store.read_all(key), where=where)[0], size
+        return read_row_file(store.read_all(key), where=where)[0], size
     buffer = bytearray(size)
     view = memoryview(buffer)
     _fill(store, key, view, [(0, _EDGE), (size - _EDGE, size)])
@@ -99,11 +99,11 @@ def read_for_index(store: Store, key: str, *, where: str) -> tuple[pa.RecordBatc
             _fill(store, key, view, [(offset, offset + meta_len)])
         fetch, skip = _layout(view, size)
     except Exception:  # malformed: the whole object, and its checks say what is wrong
-        return read_row_buffer(store.read_all(key), where=where)[0], size
+        return read_row_file(store.read_all(key), where=where)[0], size
     fetch = [(s, e) for s, e in fetch if e > s and not (e <= _EDGE or s >= size - _EDGE)]
     _fill(store, key, view, fetch)
-    batch, _ctx = read_row_buffer(buffer, where=where)
+    batch, _ctx = read_row_file(buffer, where=where)
     blobs = _blob_ranges(batch, pa.py_buffer(buffer).address)
     if all(any(bs <= s and e <= be for bs, be in blobs) for s, e in skip):
         return batch, size
-    return read_row_buffer(store.read_all(key), where=where)[0], size
+    return read_row_file(store.read_all(key), where=where)[0], size

@@ -7,7 +7,8 @@
     modelrows best --by accuracy                  the best row
     modelrows show [PATH|CATALOG] [ROW_ID]        one row: schema, fields, tensors, checksum
     modelrows verify                              re-check every row's bytes
-    modelrows plot --x epoch --y accuracy         learning curves, one line per run
+    modelrows diff ROW_A ROW_B --top 5            which tensors moved between two rows, how far
+    modelrows plot --y val_loss --log-y           learning curves, a line per run
     modelrows export ROW_ID --to m.safetensors    weights out to safetensors ...
     modelrows import m.safetensors --set run=a    ... and back in as a new row
     modelrows vacuum                              remove temporary files of crashed writers
@@ -30,7 +31,7 @@ public API of ``modelrows`` only.
 from __future__ import annotations
 
 from .._errors import CommandLineError
-from . import _commands  # noqa: F401  (registers the commands)
+from . import _catalog_commands, _commands  # noqa: F401  (registers the commands)
 from ._app import app, main
 
 __all__ = ["CommandLineError", "app", "main"]

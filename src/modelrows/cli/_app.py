@@ -297,7 +297,35 @@ def open_catalog(positional: str | None, option: str | None, *, usage: str = "")
         )
     from .. import Catalog
 
+    pyarrow_without_pandas()
     return Catalog.open(root)
+
+
+class _NoPandas:
+    """An import hook that says pandas is not installed (used for one moment, see below)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def pyarrow_without_pandas() -> None:
+    """Tell pyarrow, in this command's process, that pandas is absent.
+
+    pyarrow imports pandas (when installed) on its first conversion of Python values, to check
+    for pandas objects: a second or more of start-up, for a command that never makes or takes a
+    pandas object. pyarrow asks once and remembers the answer, so the hook is in place only for
+    that question; `import pandas` still works afterwards (in a module given with --import)."""
+    if "pandas" in sys.modules:
+        return  # loaded already (pyarrow asked already, or a --import module): nothing to save
+    hook = _NoPandas()
+    sys.meta_path.insert(0, hook)
+    try:
+        import pyarrow as pa
+
+        pa.lib._pandas_api.have_pandas  # noqa: B018  (asks now, with the hook in place)
+    finally:
+        sys.meta_path.remove(hook)
 
 
 def catalog_and(
@@ -326,9 +354,9 @@ def catalog_and(
     return open_catalog(first, None, usage=usage), second
 
 
-def names_a_file(arg: str) -> bool:
-    """Whether a lone argument is a row file rather than a row id (ids hold no '/' or '.')."""
-    return Path(arg).is_file() or "/" in arg or os.sep in arg or arg.endswith(".arrow")
+def names_a_row_url(arg: str) -> bool:
+    """Whether a lone argument is a row file on object storage (``s3://.../x.model.arrow``)."""
+    return is_url(arg) and not arg.lower().startswith("file://") and arg.endswith(".arrow")
 
 
 def names_a_catalog(arg: str) -> bool:

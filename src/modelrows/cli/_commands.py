@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,10 +31,11 @@ from ._app import (
     WhereOpt,
     app,
     catalog_and,
+    catalog_path,
     declare_rows,
     fail,
     names_a_catalog,
-    names_a_file,
+    names_a_row_url,
     open_catalog,
     stderr,
     stdout,
@@ -99,6 +101,72 @@ def query(catalog: Catalog, sql: str) -> pa.Table | None:
     return table
 
 
+def select(
+    catalog: Catalog,
+    what: str,
+    *,
+    where: str | None = None,
+    conditions: Sequence[str] = (),
+    order: str | None = None,
+    limit: int | None = None,
+) -> pa.Table:
+    """``SELECT what FROM models`` of the rows matching the user's ``where`` (parsed as one
+    expression, so it cannot end the statement or start another) and our own ``conditions``."""
+    import duckdb
+
+    try:
+        relation = catalog.sql("SELECT * FROM models")
+        if where is not None:
+            relation = relation.filter(where)
+        for condition in conditions:
+            relation = relation.filter(condition)
+        relation = relation.project(what)
+        if order is not None:
+            relation = relation.order(order)
+        if limit is not None:
+            relation = relation.limit(limit)
+        fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+        table: pa.Table = fetch()
+    except duckdb.Error as exc:
+        raise SqlError(f"SQL error: {exc}") from exc
+    except CatalogError as exc:
+        if isinstance(exc.__cause__, duckdb.Error):
+            raise SqlError(f"SQL error: {exc.__cause__}") from exc
+        raise
+    return table
+
+
+def _pathlike(arg: str) -> bool:
+    return "/" in arg or os.sep in arg or "." in arg
+
+
+def lone_catalog(arg: str, option: str | None) -> Catalog | None:
+    """The catalog a lone row argument belongs to, or None when it is an existing row file.
+
+    A row is named by id or alias (``run=r1/best``), so only an existing file is taken for one;
+    an argument that looks like a path is said to be missing when there is no catalog either."""
+    if option is None and (Path(arg).is_file() or names_a_row_url(arg)):
+        return None
+    default = catalog_path(None, None)
+    if option is None and _pathlike(arg) and isinstance(default, Path) and not default.exists():
+        raise CommandLineError(f"{arg}: no such file")
+    return open_catalog(None, option)
+
+
+def get_row(catalog: Catalog, spec: str, *, lone: bool) -> Row:
+    """``catalog.get(spec)``; a lone argument that looks like a path is also said not a file."""
+    from .. import RowNotFoundError
+
+    try:
+        return catalog.get(spec)
+    except RowNotFoundError:
+        if lone and _pathlike(spec):
+            raise CommandLineError(
+                f"{spec}: no such file, nor a row of the catalog at {catalog.url}"
+            ) from None
+        raise
+
+
 def _row_id(row: Row) -> str | None:
     value = row.extras.get("row_id")
     return value if isinstance(value, str) else None
@@ -149,14 +217,13 @@ def ls(
 
     cat = open_catalog(catalog, catalog_opt)
     order = check_column(cat, sort, use="sort by") if sort else "row_id"
-    sql = f"SELECT {', '.join(quote(c) for c in columns(cat))} FROM models"
-    if where:
-        sql += f" WHERE ({where})"
-    sql += f" ORDER BY {order} {'DESC' if desc else 'ASC'}" + (", row_id" if sort else "")
-    if limit is not None:
-        sql += f" LIMIT {limit}"
-    table = query(cat, sql)
-    assert table is not None
+    table = select(
+        cat,
+        ", ".join(quote(c) for c in columns(cat)),
+        where=where,
+        order=f"{order} {'DESC' if desc else 'ASC'}" + (", row_id" if sort else ""),
+        limit=limit,
+    )
     total = len(cat)
     caption = f"{table.num_rows} of {total} rows" if table.num_rows != total else f"{total} rows"
     emit_table(table, fmt, caption=caption, raw=raw)
@@ -237,17 +304,18 @@ def best(
     q = check_column(cat, by, use="rank by")
     # Catalog.best's ranking (nulls and NaN never rank, ties to the earliest row) as one query:
     # the record printed has no weights, so no row file is opened and torch is never imported
-    cond = f"{q} IS NOT NULL"
+    conditions = [f"{q} IS NOT NULL"]
     if pa.types.is_floating(cat.arrow_schema.field(by).type):
-        cond += f" AND NOT isnan({q})"
-    if where:
-        cond += f" AND ({where})"
-    names = ", ".join(quote(c) for c in columns(cat))
-    order = "ASC" if minimize else "DESC"
-    table = query(
-        cat, f"SELECT {names} FROM models WHERE {cond} ORDER BY {q} {order}, row_id LIMIT 1"
+        conditions.append(f"NOT isnan({q})")
+    table = select(
+        cat,
+        ", ".join(quote(c) for c in columns(cat)),
+        where=where,
+        conditions=conditions,
+        order=f"{q} {'ASC' if minimize else 'DESC'}, row_id",
+        limit=1,
     )
-    if table is None or table.num_rows == 0:
+    if table.num_rows == 0:
         fail(
             f"no row of {cat.url} has a value for {by!r}" + (f" where {where}" if where else ""),
             code=1,
@@ -487,12 +555,10 @@ def show(
         else:
             _print_catalog(described)
         return
-    elif catalog_opt is None and names_a_file(first):
-        target = first
     else:
-        catalog, target = open_catalog(None, catalog_opt), first
+        catalog, target = lone_catalog(first, catalog_opt), first
     if catalog is not None:
-        row = catalog.get(target)
+        row = get_row(catalog, target, lone=second is None)
         path: Path | str | None = catalog.path_of(_row_id(row) or target)
         types = {f.name: str(f.type) for f in catalog.arrow_schema}
     else:
@@ -739,15 +805,14 @@ def plot(
     qg = check_column(cat, group, use="group by") if group else "NULL"
     parent = quote(PARENT) if PARENT in names else "NULL"
     selected = ", ".join(f"{q} AS y{i}" for i, q in enumerate(qys))
-    cond = f"{qx} IS NOT NULL AND ({' OR '.join(f'{q} IS NOT NULL' for q in qys)})"
-    if where:
-        cond += f" AND ({where})"
-    table = query(
+    table = select(
         cat,
-        f"SELECT row_id, CAST({qg} AS VARCHAR) AS g, {qx} AS x, {selected}, "
-        f"CAST({parent} AS VARCHAR) AS parent FROM models WHERE {cond} ORDER BY row_id",
+        f"row_id, CAST({qg} AS VARCHAR) AS g, {qx} AS x, {selected}, "
+        f"CAST({parent} AS VARCHAR) AS parent",
+        where=where,
+        conditions=[f"{qx} IS NOT NULL", " OR ".join(f"{q} IS NOT NULL" for q in qys)],
+        order="row_id",
     )
-    assert table is not None
     from ._render import is_number
 
     for i, column in enumerate(y):
@@ -866,17 +931,15 @@ def export(
 
     from .. import export_safetensors, read_model_row
 
-    if second is None and first is not None and catalog_opt is None and names_a_file(first):
-        row, where = read_model_row(first), first
+    usage = "modelrows export [CATALOG] ROW_ID --to FILE"
+    if second is None and first is not None:
+        cat, row_id = lone_catalog(first, catalog_opt), first
     else:
-        cat, row_id = catalog_and(
-            first,
-            second,
-            catalog_opt,
-            what="ROW_ID",
-            usage="modelrows export [CATALOG] ROW_ID --to FILE",
-        )
-        row = cat.get(row_id)
+        cat, row_id = catalog_and(first, second, catalog_opt, what="ROW_ID", usage=usage)
+    if cat is None:
+        row, where = read_model_row(row_id), row_id
+    else:
+        row = get_row(cat, row_id, lone=second is None)
         where = f"row {_row_id(row) or row_id}"
     metadata = export_safetensors(row, to, column=column)
     weights = row.to_dict()[metadata["modelrows.column"]]
@@ -1032,15 +1095,20 @@ def import_(
 # -- diff ------------------------------------------------------------------------------------------
 
 
-def _resolve_row(catalog: Catalog | None, spec: str) -> tuple[Row, str]:
-    """A row given by id (anything ``catalog.get`` accepts) or, without a catalog, a row file."""
+def _resolve_row(catalog: Catalog | None, spec: str, *, lone: bool) -> tuple[Row, str, str]:
+    """A row given by id (anything ``catalog.get`` accepts) or, without a catalog, a row file;
+    its id (or path), and a label: the id, partition values and epoch or step."""
     if catalog is None:
         from .. import read_model_row
 
-        return read_model_row(spec), spec
-    row = catalog.get(spec)
+        return read_model_row(spec), spec, spec
+    row = get_row(catalog, spec, lone=lone)
+    values = row.to_dict()
     row_id = _row_id(row)
-    return row, (spec if row_id in (None, spec) else f"{spec} ({row_id})")
+    facts = [f"{k} {values[k]}" for k in catalog.partition_by if values.get(k) is not None]
+    facts += [f"{c} {values[c]}" for c in ("epoch", "step") if values.get(c) is not None][:1]
+    name = spec if row_id in (None, spec) else f"{spec} = {row_id}"
+    return row, row_id or spec, name + (f" ({', '.join(facts)})" if facts else "")
 
 
 def _fmt_shape(shape: Sequence[int] | None) -> str:
@@ -1134,16 +1202,26 @@ def diff(
     given = [a for a in (first, second, third) if a is not None]
     if len(given) < 2:
         raise CommandLineError(f"diff needs two rows; usage: {usage}")
-    catalog: Catalog | None = None
     if len(given) == 3:
         catalog, _ = catalog_and(given[0], given[1], catalog_opt, what="A", usage=usage)
-        a_spec, b_spec = given[1], given[2]
+        (row_a, id_a, name_a), (row_b, id_b, name_b) = (
+            _resolve_row(catalog, spec, lone=False) for spec in given[1:]
+        )
+    elif Path(given[0]).is_dir():
+        raise CommandLineError(f"diff needs two rows after the catalog; usage: {usage}")
     else:
-        a_spec, b_spec = given
-        if catalog_opt is not None or not (names_a_file(a_spec) and names_a_file(b_spec)):
-            catalog = open_catalog(None, catalog_opt)
-    row_a, name_a = _resolve_row(catalog, a_spec)
-    row_b, name_b = _resolve_row(catalog, b_spec)
+        opened: list[Catalog] = []  # one catalog for both rows
+
+        def catalog_of(spec: str) -> Catalog | None:
+            if opened:
+                return None if catalog_opt is None and Path(spec).is_file() else opened[0]
+            found = lone_catalog(spec, catalog_opt)
+            opened.extend([found] if found is not None else [])
+            return found
+
+        (row_a, id_a, name_a), (row_b, id_b, name_b) = (
+            _resolve_row(catalog_of(spec), spec, lone=True) for spec in given
+        )
     diffs = diff_weights(row_a, row_b, column=column)
 
     # integer and bool tensors (step counters, masks) are listed but neither summed nor ranked
@@ -1168,8 +1246,8 @@ def diff(
     fmt = resolve_format(fmt)
     if fmt is Format.json:
         out = {
-            "a": name_a,
-            "b": name_b,
+            "a": id_a,
+            "b": id_b,
             "summary": summary,
             "tensors": [d._asdict() for d in shown],
         }
