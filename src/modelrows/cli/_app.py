@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from .._errors import CatalogError, CommandLineError, ModelRowsError
+from .._format import ROW_FILE_SUFFIX
 from .._location import is_url, local_path
 
 try:
@@ -356,14 +357,14 @@ def catalog_and(
 
 def names_a_row_url(arg: str) -> bool:
     """Whether a lone argument is a row file on object storage (``s3://.../x.model.arrow``)."""
-    return is_url(arg) and not arg.lower().startswith("file://") and arg.endswith(".arrow")
+    return is_url(arg) and not arg.lower().startswith("file://") and arg.endswith(ROW_FILE_SUFFIX)
 
 
 def names_a_catalog(arg: str) -> bool:
     """Whether a lone argument is a catalog: a directory, or a URL of anything but a row file
     (``s3://bucket/ckpts``, not ``s3://bucket/best.model.arrow``)."""
     if is_url(arg) and not arg.lower().startswith("file://"):
-        return not arg.endswith(".arrow")
+        return not arg.endswith(ROW_FILE_SUFFIX)
     try:
         return local_path(arg, what="a catalog").is_dir()
     except ModelRowsError:
