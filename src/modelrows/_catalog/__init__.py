@@ -67,6 +67,7 @@ from .._rowfile import (
 from .._schema import Row, nearest_declared
 from . import _aliases, _index, _retention  # retention and aliases
 from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
+from ._remote import read_for_index
 from ._store import LocalStore, Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,7 +93,8 @@ class CorruptRow(NamedTuple):
     """A row :meth:`Catalog.verify` found missing, unreadable or corrupt."""
 
     row_id: str
-    path: Path
+    path: Path | str
+    """The row's file (a URL string for a catalog on object storage)."""
     problem: str
 
 
@@ -419,33 +421,65 @@ class Catalog:
             for row, segs in zip(batch, segments, strict=True):
                 written.append(self._write_row(row, segs, fsync=fsync))
             entries = pa.concat_tables(written) if len(written) > 1 else written[0]
-            ids = entries.column("row_id").to_pylist()
-            self._index.publish_add(ids[0], entries, fsync=fsync)
+            self._index.publish_add(entries.column("row_id")[0].as_py(), entries, fsync=fsync)
         except BaseException as exc:
+            outcome = self._publish_outcome(exc, written, len(batch))
+            if outcome == "published":
+                return self._appended(written, segments, fsync=fsync)
             visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
-            if not visible:
+            if not visible and outcome == "failed":
                 for table in written:  # never published: take the files back
                     with contextlib.suppress(ModelRowsError, OSError):
                         self.store.delete(table.column(PATH)[0].as_py())
             if not isinstance(exc, StorageError):
                 raise
             n = len(batch)
+            noun = f"row{'s' if n > 1 else ''}"
             raise StorageError(
-                f"appending {n} row{'s' if n > 1 else ''} to {self.url} failed at step "
-                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                f"appending {n} {noun} to {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__ or exc}. "
                 + (
                     f"The row{'s are' if n > 1 else ' is'} in place but may not be durable yet."
                     if visible
+                    else f"The store did not say whether the {noun} went in: the index holds "
+                    f"{'them all or none' if n > 1 else 'the whole row or nothing'} (look again "
+                    "later; catalog.vacuum() removes the files of rows that did not)."
+                    if outcome == "unknown"
                     else f"{'None of the rows was' if n > 1 else 'The row was not'} added."
                 ),
                 path=exc.path,
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
+        return self._appended(written, segments, fsync=fsync)
+
+    def _appended(
+        self, written: list[pa.Table], segments: list[list[str]], *, fsync: bool
+    ) -> list[str]:
+        """The ids of rows just published; now and then, some housekeeping."""
         self._maybe_compact(
             fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
         )
-        return [str(i) for i in ids]
+        return [str(t.column("row_id")[0].as_py()) for t in written]
+
+    def _publish_outcome(
+        self, exc: BaseException, written: list[pa.Table], n: int
+    ) -> Literal["failed", "published", "absent", "unknown"]:
+        """What a failed append left: ``"failed"``, nothing published (its row files may be
+        taken back). On object storage, a request that failed while publishing the index entry
+        may still have been carried out (its answer lost, or it landed after the client gave
+        up), so the index is asked: ``"published"`` (the append succeeded), ``"absent"`` or
+        ``"unknown"`` (the store did not answer); the row files then stay, for ``vacuum`` to
+        remove once old if they are never published."""
+        if len(written) != n or not isinstance(exc, StorageError):
+            return "failed"
+        if self.store.local_path("") is not None:
+            return "failed"
+        try:
+            found = self._index.lookup(written[0].column("row_id")[0].as_py())
+        except (ModelRowsError, OSError):
+            return "unknown"
+        return "absent" if found is None else "published"
 
     def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
         """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
@@ -564,13 +598,26 @@ class Catalog:
         return fallback
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
-        """The index row of a row file, read from the file; None if it is not a sound row."""
+        """The index row of a row file, read from the file (from a remote store, every byte
+        but its tensors'); None if it is not a sound row. A store that fails raises."""
         path = self.store.local_path(key)
         if path is None:
-            return None  # remote stores: not yet
-        if self._problem(row_id, path) is not None:
+            where = f"{self.url}/{key}"
+            try:
+                batch, size = read_for_index(self.store, key, where=where)
+                self._check_belongs(batch, row_id, where)
+            except StorageError:
+                raise
+            except (ModelRowsError, FileNotFoundError):
+                return None
+            return self._entry_of(batch, key, size)
+        if self._problem(row_id, key) is not None:
             return None
         batch, _ctx = read_row_file(path)
+        return self._entry_of(batch, key, os.stat(path).st_size)
+
+    def _entry_of(self, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
+        """The index row of a row file's checked record batch."""
         checksums = []
         arrays = []
         for f, column in zip(batch.schema, batch.columns, strict=True):
@@ -578,7 +625,6 @@ class Catalog:
                 checksums.append(column.field("checksum")[0].as_py() or "")
             else:
                 arrays.append(column)
-        size = os.stat(path).st_size
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
         return pa.Table.from_arrays(arrays, schema=self._index.schema)
 
@@ -622,11 +668,10 @@ class Catalog:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
         return entry
 
-    def path_of(self, row_id: str) -> Path:
-        """The file holding ``row_id`` (found in the index); RowNotFoundError if there is none."""
-        key = self._entry(row_id)[PATH]
-        path = self.store.local_path(key)
-        return path if path is not None else Path(f"{self.url}/{key}")
+    def path_of(self, row_id: str) -> Path | str:
+        """The file holding ``row_id`` (found in the index), or its URL (a string) in a catalog
+        on object storage; RowNotFoundError if there is none."""
+        return self._path(self._entry(row_id)[PATH])
 
     def get(self, row_id: str, *, verify: bool = False) -> Row:
         """One row by id, weights zero-copy; reads the index entry and opens exactly one file.
@@ -640,8 +685,13 @@ class Catalog:
         """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
         catalog's columns and the row its name says, checked as every read is."""
         path = self.store.local_path(key)
-        if path is None:  # pragma: no cover - remote rows: the object-storage module
-            raise CatalogError(f"{self.url}: reading rows from this store is not supported yet")
+        if path is None:  # a remote store: the object, read whole into memory
+            batch, ctx = self._fetch(key)
+            self._check_belongs(batch, row_id, ctx.where)
+            row = decode_row(batch, 0, ctx)
+            if verify:
+                verify_row(row, where=ctx.where)
+            return row
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
         except FileNotFoundError:
@@ -663,7 +713,25 @@ class Catalog:
             verify_row(row, where=ctx.where)
         return row
 
-    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
+    def _fetch(self, key: str) -> tuple[pa.RecordBatch, Any]:
+        """The checked record batch of row file ``key`` and its decoding context: the file
+        mapped (a local store), or the object read whole into memory with parallel ranged reads
+        (a remote store; no temporary file). The checks are :func:`read_model_row`'s."""
+        path = self.store.local_path(key)
+        if path is not None:
+            return read_row_file(path)
+        where = f"{self.url}/{key}"
+        try:
+            data = self.store.read_all(key)
+        except FileNotFoundError:
+            raise RowFileError(
+                f"{where}: the row object is gone (deleted by hand?); run catalog.verify() to "
+                "list such rows and catalog.reindex() to drop them from the index",
+                path=where,
+            ) from None
+        return read_row_file(data, where=where)
+
+    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path | str) -> None:
         if not batch.schema.equals(self.arrow_schema, check_metadata=False):
             raise CorruptRowError(
                 f"{path}: its columns are not the catalog's ("
@@ -684,9 +752,12 @@ class Catalog:
         return [f.name for f in self.arrow_schema if weights or f.name not in self._weights]
 
     def _query_table(self) -> pa.Table:
-        """The live rows as queries see them: the row's columns, without the index's own."""
-        table = self._snapshot().table.drop_columns([PATH, SIZE, CHECKSUM])
-        return table
+        """The live rows as queries see them: the row's columns, without the index's own. The
+        whole snapshot stays with this thread: ``best`` finds the file of the row it chose there,
+        without a second look at the index (on object storage, each look is a few requests)."""
+        table = self._snapshot().table
+        self._local.snapshot_table = table
+        return table.drop_columns([PATH, SIZE, CHECKSUM])
 
     def dataset(self, *, weights: bool = False) -> ds.Dataset:
         """A pyarrow dataset of every live row: over the index (``weights=False``), or over the
@@ -822,8 +893,18 @@ class Catalog:
         rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
         if on_corrupt == "raise":
             rel = rel.limit(1)
-        for (key,) in rel.project("row_id").fetchall():
-            row = self._load(key, verify=verify, on_corrupt=on_corrupt)
+        ids = [row_id for (row_id,) in rel.project("row_id").fetchall()]
+        seen: pa.Table | None = getattr(self._local, "snapshot_table", None)
+        keys: dict[str, str] = {}
+        if seen is not None and ids:  # the snapshot the query ran on: where each row's file is
+            import pyarrow.compute as pc
+
+            found = seen.filter(pc.is_in(seen.column("row_id"), value_set=pa.array(ids)))
+            keys = dict(
+                zip(found.column("row_id").to_pylist(), found.column(PATH).to_pylist(), strict=True)
+            )
+        for row_id in ids:
+            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt, key=keys.get(row_id))
             if row is not None:
                 return row
         return None
@@ -832,9 +913,14 @@ class Catalog:
         if on_corrupt not in ("raise", "skip"):
             raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
 
-    def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
-        """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
+    def _load(
+        self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt, key: str | None = None
+    ) -> Row | None:
+        """get() (from the file ``key`` if known), or None with a warning for a corrupt row when
+        ``on_corrupt="skip"``."""
         try:
+            if key is not None:
+                return self._read(row_id, key, verify=verify)
             return self.get(row_id, verify=verify)
         except RowFileError as exc:
             if on_corrupt == "raise":
@@ -911,13 +997,14 @@ class Catalog:
         return ids
 
     # -- housekeeping ------------------------------------------------------------------------------
-    def vacuum(self, *, older_than: float = 3600.0) -> list[Path]:
+    def vacuum(self, *, older_than: float = 3600.0) -> list[Path | str]:
         """Finish what crashed writers, deleters and compactors left: temporary files (whose
         writer is gone, or older than ``older_than`` seconds), files of deleted rows, row files
         never published (older than ``older_than``), index segments no manifest names. Returns
-        what was removed."""
+        what was removed (on object storage: URLs, as strings; abandoned multipart uploads are
+        aborted as well)."""
         self._ensure_index()
-        removed: list[Path] = []
+        removed: list[Path | str] = []
         before = set(self._tmp_files())
         self.store.cleanup_uploads(older_than)
         removed += [p for p in before if not p.exists()]
@@ -940,9 +1027,10 @@ class Catalog:
             removed.append(self._path(key))
         return removed
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> Path | str:
+        """The file of ``key``, or its URL (a string) on a remote store."""
         local = self.store.local_path(key)
-        return local if local is not None else Path(f"{self.url}/{key}")
+        return local if local is not None else f"{self.url}/{key}"
 
     def _tmp_files(self) -> list[Path]:
         local = self.store.local_path("")
@@ -952,20 +1040,23 @@ class Catalog:
             local / key for key, _ in self.store.list("") if is_temp_name(key.rsplit("/", 1)[-1])
         ]
 
-    def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
-        """Why ``path`` cannot serve as row ``row_id`` of this catalog, or None if it can.
+    def _problem(self, row_id: str, key: str, *, verify: bool = False) -> _Problem | None:
+        """Why the file ``key`` cannot serve as row ``row_id`` of this catalog, or None if it can.
 
         Checks the file's structure (as :func:`read_model_row` does), that its columns are the
         catalog's and that it holds the row its name says; ``verify=True`` also decodes the row and
         recomputes its checksum. No tensor byte is read otherwise.
         """
+        path = self._path(key)
         try:
-            batch, ctx = read_row_file(path)
+            batch, ctx = self._fetch(key)
             self._check_belongs(batch, row_id, path)
             if verify:
                 verify_row(decode_row(batch, 0, ctx), where=ctx.where)
         except FileNotFoundError:
             return RowFileError, f"{path}: the row file is missing (removed by hand?)"
+        except StorageError:  # the store failed, not the row
+            raise
         except ModelRowsError as exc:
             return type(exc), str(exc)
         return None
@@ -993,7 +1084,7 @@ class Catalog:
         try:
             for i, (row_id, key) in enumerate(sorted(zip(ids, keys, strict=True)), 1):
                 path = self._path(key)
-                problem = self._problem(row_id, path, verify=True)
+                problem = self._problem(row_id, key, verify=True)
                 if problem is None:
                     at = ids.index(row_id)
                     expected = self._partition_dir({k: parts[k][at] for k in self.partition_by})
