@@ -325,7 +325,7 @@ class Index:
         if not found:
             raise CatalogError(f"{self.store.url}: the catalog has no index")
         manifest = self._manifest(found[-1][1])
-        log = [k for k, _ in self.store.list(LOG)]
+        log = self.log_entries()
         again = self.manifests()
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
@@ -371,7 +371,7 @@ class Index:
         if not found:
             raise CatalogError(f"{self.store.url}: the catalog has no index")
         manifest = self._manifest(found[-1][1])
-        log = [k for k, _ in self.store.list(LOG)]
+        log = self.log_entries()
         again = self.manifests()
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
@@ -437,8 +437,14 @@ class Index:
         if not self.manifests():
             self.store.put_if_absent(manifest_key(0), Manifest(0).to_bytes())
 
+    def log_entries(self) -> list[str]:
+        """The keys of the log's entries, oldest first; never a writer's temporary file (which
+        becomes an entry under another name when it is linked, and must not be covered or
+        removed meanwhile)."""
+        return [k for k, _ in self.store.list(LOG) if _is_entry(k[len(LOG) :])]
+
     def log_size(self) -> int:
-        return len(self.store.list(LOG))
+        return len(self.log_entries())
 
     def compact(self, *, full: bool = False, fsync: bool = True) -> Manifest | None:
         """Fold the log into a segment (``full``: merge every segment into one, dropping deleted
@@ -520,9 +526,9 @@ class Index:
         now = time.time()
         removed = []
         for key, _ in self.store.list(SEGMENTS):
-            if key in referenced:
-                continue
             name = key[len(SEGMENTS) :]
+            if key in referenced or name.startswith(".") or not name.endswith(".parquet"):
+                continue  # in use, or a compactor's temporary file (cleanup_uploads' business)
             if now - id_time(name) > older_than:
                 self.store.delete(key)
                 removed.append(key)
@@ -550,6 +556,10 @@ class Index:
         for key in written:
             self.store.delete(key)
         raise CatalogError(f"{self.store.url}: could not publish the rebuilt index")
+
+
+def _is_entry(name: str) -> bool:
+    return name.endswith((".add.parquet", ".del.parquet")) and not name.startswith(".")
 
 
 def _unique(table: pa.Table) -> pa.Table:
