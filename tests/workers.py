@@ -109,3 +109,21 @@ def wait_for_line(path: Path, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no report in {path} after {timeout} s")
         time.sleep(0.002)
+
+
+def append_many_then_die(root: str, report: str, rows: int) -> None:
+    """append_many ``rows`` rows, SIGKILLed once their row files are written, before the index
+    entry that would publish them."""
+    import signal
+
+    from modelrows._catalog._index import Index
+
+    def die(*args: object, **kwargs: object) -> None:
+        _report(report, f"{rows}-row-files-written")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    Index.publish_add = die  # type: ignore[method-assign]  # this child only
+    catalog = Catalog.open(root)
+    batch = [stress_row(1, epoch, numel=8, run=f"m{epoch}") for epoch in range(rows)]
+    catalog.append_many(batch, fsync=False)
+    _report(report, "returned")  # never reached

@@ -509,6 +509,12 @@ class Index:
         """Housekeeping once ``manifest`` is published; any of it may be lost to a crash, and the
         next compaction (or vacuum) does it then."""
         with contextlib.suppress(ModelRowsError, OSError):
+            if any(seq > manifest.sequence for seq, _ in self.manifests()):
+                # superseded already, or published late: a compactor paused long enough for
+                # others to publish past our sequence number and remove it, which create-if-absent
+                # then let us take again. Segments of the newer manifests are not in ``referenced``
+                # (old ones would be removed as orphans); their compactors do the housekeeping.
+                return
             for name in manifest.covered:
                 self.store.delete(LOG + name)
             keep = {manifest.sequence, old.sequence}
