@@ -323,13 +323,17 @@ class Index:
     def _snapshot(self) -> Snapshot:
         found = self.manifests()
         if not found:
-            raise CatalogError(f"{self.store.url}: the catalog has no index")
+            raise self._no_index()
         manifest = self._manifest(found[-1][1])
         log = self.log_entries()
         again = self.manifests()
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
-        base = [self._parquet(k) for k in manifest.segments]
+        try:
+            base = [self._parquet(k) for k in manifest.segments]
+        except StaleRead as stale:
+            self._check_still_newest(manifest, str(stale))
+            raise
         adds, deletes = [], set()
         for key in log:
             name = key[len(LOG) :]
@@ -357,6 +361,23 @@ class Index:
             table = table.filter(pc.invert(mask))
         return Snapshot(manifest, table, log, new_rows, frozenset(deletes), removed)
 
+    def _no_index(self) -> CatalogError:
+        return CatalogError(
+            f"{self.store.url}: the catalog has no index ({MANIFESTS} is empty or gone); rebuild "
+            "it from the row files with catalog.reindex() (or `modelrows reindex`)"
+        )
+
+    def _check_still_newest(self, manifest: Manifest, segment: str) -> None:
+        """A segment of ``manifest`` is gone: a race if a newer manifest replaced it (read
+        again), damage if it is still the newest (no compactor removes the newest's segments)."""
+        found = self.manifests()
+        if found and found[-1][1] == manifest.key:
+            raise CatalogError(
+                f"{self.store.url}/{segment}: this segment of the index is missing (the newest "
+                f"manifest, {manifest.key}, names it); rebuild the index from the row files with "
+                "catalog.reindex() (or `modelrows reindex`)"
+            )
+
     def lookup(self, row_id: str) -> dict[str, Any] | None:
         """The index row of ``row_id``, reading only what can hold it (not every segment row)."""
         for _ in range(_RETRIES):
@@ -369,7 +390,7 @@ class Index:
     def _lookup(self, row_id: str) -> dict[str, Any] | None:
         found = self.manifests()
         if not found:
-            raise CatalogError(f"{self.store.url}: the catalog has no index")
+            raise self._no_index()
         manifest = self._manifest(found[-1][1])
         log = self.log_entries()
         again = self.manifests()
@@ -393,7 +414,11 @@ class Index:
         if hit is not None:
             return hit
         for key in manifest.segments:
-            rows = self._segment_rows(key, row_id)
+            try:
+                rows = self._segment_rows(key, row_id)
+            except StaleRead:
+                self._check_still_newest(manifest, key)
+                raise
             if rows.num_rows:
                 first: dict[str, Any] = rows.slice(0, 1).to_pylist()[0]
                 return first
