@@ -508,7 +508,11 @@ class Catalog:
         shown = False
         try:
             for done, (row_id, key) in enumerate(sorted(files.items()), 1):
-                if row_id not in deleted:
+                if row_id in deleted:
+                    # a delete interrupted before it removed the file: the rebuilt index records
+                    # no deletes, so the file goes first (or a later reindex brings the row back)
+                    self.store.delete(key)
+                else:
                     entry = self._entry_from_file(row_id, key)
                     if entry is not None:
                         tables.append(entry)
