@@ -53,7 +53,7 @@ from .._rowfile import (
 )
 from .._schema import ModelV1, Row, nearest_declared
 from . import _index
-from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
+from ._index import CHECKSUM, PATH, SIZE, Index, new_id
 from ._store import LocalStore, Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -443,7 +443,7 @@ class Catalog:
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
-            if self._index.log_size() >= COMPACT_AT:
+            if self._index.log_size() >= _index.COMPACT_AT:
                 self._index.compact(fsync=fsync)
             self.store.cleanup_uploads(3600.0)
 
