@@ -860,7 +860,23 @@ class Catalog:
         ids = sorted(set(ids))
         if not ids:
             return []
-        self._index.publish_delete(ids, fsync=fsync)
+        try:
+            self._index.publish_delete(ids, fsync=fsync)
+        except StorageError as exc:  # say which of the two outcomes it is
+            n, visible = len(ids), exc.visible
+            raise StorageError(
+                f"deleting {n} row{'s' if n > 1 else ''} from {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                + (
+                    f"The row{'s are' if n > 1 else ' is'} deleted; the deletion may not be "
+                    "durable yet."
+                    if visible
+                    else "Nothing was deleted."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=visible,
+            ) from exc.__cause__
         import pyarrow.compute as pc
 
         gone = live.filter(pc.is_in(live.column("row_id"), value_set=pa.array(ids)))
