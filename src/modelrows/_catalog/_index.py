@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._errors import CatalogError, ModelRowsError
+from .._errors import CatalogError, ModelRowsError, StorageError
 from ._store import Store
 
 LOG = "_index/log/"
@@ -475,6 +475,29 @@ class Index:
         """Fold the log into a segment (``full``: merge every segment into one, dropping deleted
         rows); return the new manifest, or None if another compactor published first or there
         was nothing to do."""
+        written: list[str] = []
+        try:
+            return self._compact(full=full, fsync=fsync, written=written)
+        except StorageError as exc:  # say whether the new state was published
+            published = exc.visible and MANIFESTS in (exc.path or "")
+            if not published:
+                with contextlib.suppress(ModelRowsError, OSError):
+                    for key in written:  # nobody's: take it back (vacuum does if this fails)
+                        self.store.delete(key)
+            raise StorageError(
+                f"compacting the index of {self.store.url} failed at step {exc.step!r} of "
+                f"{exc.path}: {exc.__cause__}. "
+                + (
+                    "The compacted index is published but may not be durable yet."
+                    if published
+                    else "The index is unchanged; compact again once the cause is fixed."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=published,
+            ) from exc.__cause__
+
+    def _compact(self, *, full: bool, fsync: bool, written: list[str]) -> Manifest | None:
         snap = self.snapshot()
         old = snap.manifest
         assert old is not None
@@ -486,13 +509,11 @@ class Index:
         )
         if not uncovered and not (merge and (deleted or len(old.segments) > 1)):
             return None
-        written: list[str] = []
         if merge:
             live = snap.table
             segments: tuple[str, ...] = ()
             if live.num_rows:
-                key = self._write_segment(live, fsync=fsync)
-                written.append(key)
+                key = self._write_segment(live, fsync=fsync, written=written)
                 segments = (key,)
             kept: frozenset[str] = frozenset()
         else:
@@ -502,8 +523,7 @@ class Index:
                 mask = pc.is_in(new_rows.column("row_id"), value_set=pa.array(sorted(deleted)))
                 new_rows = new_rows.filter(pc.invert(mask))
             if new_rows is not None and new_rows.num_rows:
-                key = self._write_segment(new_rows, fsync=fsync)
-                written.append(key)
+                key = self._write_segment(new_rows, fsync=fsync, written=written)
                 segments = (*segments, key)
             # a delete of a row that is still in its add entry needs no record: that row is
             # simply left out of the new segment
@@ -524,8 +544,9 @@ class Index:
         self._after_publish(manifest, old)
         return manifest
 
-    def _write_segment(self, rows: pa.Table, *, fsync: bool) -> str:
+    def _write_segment(self, rows: pa.Table, *, fsync: bool, written: list[str]) -> str:
         key = f"{SEGMENTS}{new_id()}.parquet"
+        written.append(key)  # before it exists: a failure after its link takes it back too
         ordered = rows.sort_by("row_id")
         self.store.put_if_absent(key, to_parquet(ordered), fsync=fsync)
         return key
@@ -568,11 +589,10 @@ class Index:
     def rebuild(self, rows: pa.Table, log_seen: Iterable[str], *, fsync: bool = True) -> Manifest:
         """Publish an index made of ``rows`` (read from the row files), covering the log entries
         ``log_seen`` (whose rows and deletes the caller applied), whatever state the index is in."""
-        written = []
+        written: list[str] = []
         segments: tuple[str, ...] = ()
         if rows.num_rows:
-            key = self._write_segment(rows, fsync=fsync)
-            written.append(key)
+            key = self._write_segment(rows, fsync=fsync, written=written)
             segments = (key,)
         for _ in range(_RETRIES):
             found = self.manifests()
