@@ -605,6 +605,7 @@ class Catalog:
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
         except FileNotFoundError:
+            self._check_not_deleted(row_id)
             raise RowFileError(
                 f"{path}: the row file is gone (removed by hand?); run catalog.verify() to list "
                 "such rows and catalog.reindex() to drop them from the index",
@@ -616,12 +617,25 @@ class Catalog:
                 "follows links (remove it, and run catalog.reindex())",
                 path=str(path),
             )
-        batch, ctx = read_row_file(path)
+        try:
+            batch, ctx = read_row_file(path)
+        except RowFileError:
+            if not os.path.lexists(path):
+                self._check_not_deleted(row_id)
+            raise
         self._check_belongs(batch, row_id, path)
         row = decode_row(batch, 0, ctx)
         if verify:
             verify_row(row, where=ctx.where)
         return row
+
+    def _check_not_deleted(self, row_id: str) -> None:
+        """The file of a row the index listed is gone: RowNotFoundError if the row was deleted
+        meanwhile (a delete removes the file right after recording it); else return."""
+        if self._index.lookup(row_id) is None:
+            raise RowNotFoundError(
+                f"no row {row_id!r} in the catalog at {self.url} (deleted while it was being read)"
+            )
 
     def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
         if not batch.schema.equals(self.arrow_schema, check_metadata=False):
@@ -776,17 +790,24 @@ class Catalog:
             )
         if isinstance(self.arrow_schema.field(by).type, pa.StructType | pa.ListType):
             raise CatalogError(f"cannot rank by {by!r}: it is not a number, string or date")
-        rel = self._where(self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where)
-        if pa.types.is_floating(self.arrow_schema.field(by).type):
-            rel = rel.filter(f"NOT isnan({_quote(by)})")
-        rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
-        if on_corrupt == "raise":
-            rel = rel.limit(1)
-        for (key,) in rel.project("row_id").fetchall():
-            row = self._load(key, verify=verify, on_corrupt=on_corrupt)
-            if row is not None:
-                return row
-        return None
+        for _ in range(_index._RETRIES):  # again if the best row is deleted before it loads
+            rel = self._where(
+                self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where
+            )
+            if pa.types.is_floating(self.arrow_schema.field(by).type):
+                rel = rel.filter(f"NOT isnan({_quote(by)})")
+            rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
+            if on_corrupt == "raise":
+                rel = rel.limit(1)
+            try:
+                for (key,) in rel.project("row_id").fetchall():
+                    row = self._load(key, verify=verify, on_corrupt=on_corrupt)
+                    if row is not None:
+                        return row
+            except RowNotFoundError:
+                continue
+            return None
+        raise CatalogError(f"{self.url}: the best rows kept being deleted as they were loaded")
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):
@@ -816,8 +837,13 @@ class Catalog:
             zip(table.column("row_id").to_pylist(), table.column(PATH).to_pylist(), strict=True)
         )
         for row_id in self._ids(where=where, order=["row_id"]):
+            key = paths.get(row_id)
+            if key is None:  # appended since the snapshot above (the query took its own)
+                continue
             try:
-                row = self._read(row_id, paths[row_id], verify=verify)
+                row = self._read(row_id, key, verify=verify)
+            except RowNotFoundError:  # deleted while iterating
+                continue
             except RowFileError as exc:
                 if on_corrupt == "raise":
                     raise
