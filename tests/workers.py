@@ -311,3 +311,65 @@ def index_observer(root: str, conn: Connection) -> None:
             problems.append(traceback.format_exc())
         conn.send(json.dumps({"ok": step} if not problems else {"problems": problems}))
         step += 1
+
+
+def index_victim(root: str, report: str, seed: int, mode: str) -> None:
+    """Append (one row, or three with append_many), delete and compact at random until killed,
+    mostly doing what ``mode`` names. Writes "start <op>" before each call and what it returned
+    after ("appended <ids>", "deleting <id>" / "deleted <id>", "compacted")."""
+    weights = {"append": (8, 1, 1), "delete": (1, 9, 0), "compact": (1, 0, 9)}[mode]
+    rng = random.Random(seed)
+    catalog = Catalog.open(root)
+    catalog.index_table()  # the index read once: what a first query imports is loaded
+    pa.array([0]).to_numpy()  # pyarrow's first conversion imports pandas (when installed)
+    _report(report, "ready")
+    for step in range(1_000_000):
+        op = rng.choices(["append", "delete", "compact"], weights)[0]
+        if op == "append":
+            batch = rng.random() < 0.3  # three rows, all or nothing
+            rows = [
+                stress_row(
+                    seed,
+                    step * 3 + k,
+                    numel=rng.choice([16, 4096, 65_536]),
+                    run="batch" if batch else f"r{seed % 3}",
+                )
+                for k in range(3 if batch else 1)
+            ]
+            _report(report, "start append")
+            ids = catalog.append_many(rows, fsync=False)
+            _report(report, "appended " + " ".join(ids))
+        elif op == "delete":
+            table = catalog.index_table()
+            ids = [
+                i
+                for i, run in zip(
+                    table["row_id"].to_pylist(), table["run"].to_pylist(), strict=True
+                )
+                if run != "batch"  # batches stay whole, so that the test can count them
+            ]
+            if not ids:
+                continue
+            target = ids[rng.randrange(len(ids))]
+            _report(report, f"deleting {target}")
+            if rng.random() < 0.3:
+                assert catalog.delete(where=f"row_id = '{target}'", fsync=False) == [target]
+            else:
+                catalog.delete([target], fsync=False)
+            _report(report, f"deleted {target}")
+        else:
+            _report(report, "start compact")
+            catalog.compact(full=rng.random() < 0.5, fsync=False)
+            _report(report, "compacted")
+
+
+def _preload_pandas() -> None:
+    """Reading Parquet makes pyarrow import pandas (when installed): a second in every child
+    under load. The forkserver imports this module once; import pandas there too."""
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import pandas  # noqa: F401
+
+
+_preload_pandas()
