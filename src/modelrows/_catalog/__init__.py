@@ -490,6 +490,8 @@ class Catalog:
 
         Row files that cannot be read, or that are not the row their name says, are left out
         (``verify()`` names them). Deletes recorded in the index are kept when it can be read."""
+        found = self._index.manifests()  # a state published after this is merged in at the end
+        since = found[-1][0] if found else None
         log_before = [k[len(_index.LOG) :] for k, _ in self.store.list(_index.LOG)]
         deleted: set[str] = set()
         with contextlib.suppress(ModelRowsError):
@@ -532,9 +534,9 @@ class Catalog:
         finally:
             close()
         rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
-        self._index.rebuild(rows, log_before)
+        manifest = self._index.rebuild(rows, log_before, since=since, listed=files)
         self._indexed = True
-        return int(rows.num_rows)
+        return manifest.rows
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
         """The index row of a row file, read from the file; None if it is not a sound row."""

@@ -586,27 +586,81 @@ class Index:
                 removed.append(key)
         return removed
 
-    def rebuild(self, rows: pa.Table, log_seen: Iterable[str], *, fsync: bool = True) -> Manifest:
+    def rebuild(
+        self,
+        rows: pa.Table,
+        log_seen: Iterable[str],
+        *,
+        fsync: bool = True,
+        since: int | None = None,
+        listed: Iterable[str] | None = None,
+    ) -> Manifest:
         """Publish an index made of ``rows`` (read from the row files), covering the log entries
-        ``log_seen`` (whose rows and deletes the caller applied), whatever state the index is in."""
+        ``log_seen`` (whose rows and deletes the caller applied), whatever state the index is in.
+
+        ``since`` is the newest manifest's sequence when the caller listed the log (None: none),
+        ``listed`` the row ids whose files it then listed. A state published after that (by a
+        compaction, which removes the log entries it folds) is merged in: its rows whose files
+        were not listed (appended meanwhile), less the rows it deleted."""
         written: list[str] = []
-        segments: tuple[str, ...] = ()
-        if rows.num_rows:
-            key = self._write_segment(rows, fsync=fsync, written=written)
-            segments = (key,)
-        for _ in range(_RETRIES):
-            found = self.manifests()
-            sequence = found[-1][0] + 1 if found else 0
-            manifest = Manifest(sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows)
-            if self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
-                with contextlib.suppress(ModelRowsError, OSError):
-                    for seq, key in found:
-                        if seq < sequence - 1:
-                            self.store.delete(key)
-                return manifest
+        segments: tuple[str, ...] | None = None
+        known = set(listed) if listed is not None else None
+        try:
+            for _ in range(_RETRIES):
+                found = self.manifests()
+                newest = found[-1][0] if found else None
+                if known is not None and newest is not None and newest != since:
+                    rows, since, segments = self._catch_up(rows, known), newest, None
+                if segments is None:  # (again) for these rows
+                    for key in written:
+                        self.store.delete(key)
+                    written.clear()
+                    segments = ()
+                    if rows.num_rows:
+                        segments = (self._write_segment(rows, fsync=fsync, written=written),)
+                sequence = newest + 1 if newest is not None else 0
+                manifest = Manifest(
+                    sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows
+                )
+                if self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
+                    with contextlib.suppress(ModelRowsError, OSError):
+                        for seq, key in found:
+                            if seq < sequence - 1:
+                                self.store.delete(key)
+                    return manifest
+        except BaseException:
+            with contextlib.suppress(ModelRowsError, OSError):
+                for key in written:
+                    self.store.delete(key)
+            raise
         for key in written:
             self.store.delete(key)
         raise CatalogError(f"{self.store.url}: could not publish the rebuilt index")
+
+    def _catch_up(self, rows: pa.Table, listed: set[str]) -> pa.Table:
+        """``rows``, rebuilt from the row files ``listed``, with what the index published since:
+        the rows whose files appeared after the listing, less the rows deleted (whose delete
+        entries a compaction may have folded and removed: the rebuild never saw them)."""
+        try:
+            snap = self.snapshot()
+        except CatalogError:  # unreadable (why it is rebuilt): nothing to merge
+            return rows
+        assert snap.manifest is not None
+        deleted = snap.manifest.deleted | snap.new_deletes
+        keep = [
+            i
+            for i, (row_id, key) in enumerate(
+                zip(rows.column("row_id").to_pylist(), rows.column(PATH).to_pylist(), strict=True)
+            )
+            if row_id not in deleted and self.store.size(key) is not None  # else: deleted, purged
+        ]
+        table = snap.table
+        appended = table.filter(
+            pc.invert(
+                pc.is_in(table.column("row_id"), value_set=pa.array(sorted(listed), pa.string()))
+            )
+        )
+        return pa.concat_tables([rows.take(pa.array(keep, pa.int64())), appended])
 
 
 def _is_entry(name: str) -> bool:
