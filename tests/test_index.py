@@ -552,3 +552,46 @@ def test_reindex_restores_a_lost_or_damaged_index(
     restored.vacuum(older_than=0)
     assert restored.reindex() == len(expected) and live_ids(Catalog.open(root)) == expected
     assert answers(Catalog.open(root))["len"] == len(expected)
+
+
+@pytest.mark.parametrize("when", ["files listed", "files read"])
+@pytest.mark.parametrize("full", [True, False], ids=["full", "fold"])
+def test_reindex_while_another_process_appends_deletes_and_compacts(
+    root: Path, monkeypatch: pytest.MonkeyPatch, full: bool, when: str
+) -> None:
+    """Rows appended and deleted while reindex reads the row files, and folded by a compaction
+    (which removes their log entries) before it publishes, are in its index as they are in the
+    row files: the new rows there, the deleted ones gone."""
+    rebuilder, other = Catalog.open(root), Catalog.open(root)
+    ids = fill(other, range(4))
+    during: list[str] = []
+
+    def others_act() -> None:
+        during.extend(fill(other, range(10, 12)))
+        other.delete([ids[0], during[0]], fsync=False)
+        assert other.compact(full=full, fsync=False)
+
+    if when == "files listed":
+        real_row_files = rebuilder._row_files
+
+        def row_files() -> dict[str, str]:
+            listed = real_row_files()
+            others_act()
+            return listed
+
+        monkeypatch.setattr(rebuilder, "_row_files", row_files)
+    else:
+        real_rebuild = rebuilder._index.rebuild
+
+        def rebuild(*args: Any, **kwargs: Any) -> Any:
+            others_act()
+            return real_rebuild(*args, **kwargs)
+
+        monkeypatch.setattr(rebuilder._index, "rebuild", rebuild)
+    rebuilder.reindex()
+    monkeypatch.undo()
+    expected = sorted([*ids[1:], during[1]])
+    assert live_ids(Catalog.open(root)) == expected
+    fresh = Catalog.open(root)
+    assert fresh.verify() == []
+    assert [fresh.get(i).epoch for i in expected] == [1, 2, 3, 11]  # type: ignore[attr-defined]
