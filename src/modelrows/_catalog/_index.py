@@ -359,6 +359,10 @@ class Index:
             mask = pc.is_in(table.column("row_id"), value_set=pa.array(sorted(deleted)))
             removed = table.filter(mask).select(["row_id", PATH])
             table = table.filter(pc.invert(mask))
+        keep = {*manifest.segments, *log}
+        with self._lock:  # forget what no longer makes the index (a compaction replaced it)
+            for key in [k for k in self._cache if k not in keep]:
+                del self._cache[key]
         return Snapshot(manifest, table, log, new_rows, frozenset(deletes), removed)
 
     def _no_index(self) -> CatalogError:
