@@ -595,3 +595,17 @@ def test_reindex_while_another_process_appends_deletes_and_compacts(
     fresh = Catalog.open(root)
     assert fresh.verify() == []
     assert [fresh.get(i).epoch for i in expected] == [1, 2, 3, 11]  # type: ignore[attr-defined]
+
+
+def test_a_long_lived_reader_keeps_only_the_current_index_in_memory(root: Path) -> None:
+    """A reader caches the index objects it read (they never change), but not those that no
+    longer make the index: a server querying between compactions would otherwise hold a copy of
+    the whole index per compaction."""
+    reader, writer = Catalog.open(root), Catalog.open(root)
+    for epoch in range(30):
+        fill(writer, range(epoch, epoch + 1))
+        writer.compact(full=True, fsync=False)  # a new segment of every row, each time
+        assert len(reader) == epoch + 1
+    manifest = reader._index.latest()
+    assert manifest is not None
+    assert set(reader._index._cache) <= {*manifest.segments, *reader._index.log_entries()}
