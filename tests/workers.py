@@ -373,3 +373,17 @@ def _preload_pandas() -> None:
 
 
 _preload_pandas()
+
+
+def _forkserver_finds_this_module() -> None:
+    """The forkserver ignores the parent's sys.path (CPython 3.11's forkserver.main takes it and
+    never applies it), so preloading this module fails silently unless PYTHONPATH names this
+    directory, and every child then imports torch itself (seconds each). It inherits the
+    environment: name this directory there before it starts."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, here])
+
+
+_forkserver_finds_this_module()
