@@ -66,7 +66,7 @@ from .._rowfile import (
 )
 from .._schema import Row, nearest_declared
 from . import _aliases, _index, _retention  # retention and aliases
-from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
+from ._index import CHECKSUM, PATH, SIZE, Index, new_id
 from ._remote import read_for_index
 from ._store import LocalStore, Store
 
@@ -488,7 +488,7 @@ class Catalog:
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
-            if self._index.log_size() >= COMPACT_AT:
+            if self._index.log_size() >= _index.COMPACT_AT:
                 self._index.compact(fsync=fsync)
             for prefix in {directory, _index.LOG}:
                 if prefix:
@@ -537,6 +537,8 @@ class Catalog:
 
         Row files that cannot be read, or that are not the row their name says, are left out
         (``verify()`` names them). Deletes recorded in the index are kept when it can be read."""
+        found = self._index.manifests()  # a state published after this is merged in at the end
+        since = found[-1][0] if found else None
         log_before = [k[len(_index.LOG) :] for k, _ in self.store.list(_index.LOG)]
         deleted: set[str] = set()
         with contextlib.suppress(ModelRowsError):
@@ -555,7 +557,12 @@ class Catalog:
         shown = False
         try:
             for done, (row_id, keys) in enumerate(sorted(files.items()), 1):
-                if row_id not in deleted:
+                if row_id in deleted:
+                    # a delete interrupted before it removed the file: the rebuilt index records
+                    # no deletes, so the file goes first (or a later reindex brings the row back)
+                    for key in keys:
+                        self.store.delete(key)
+                else:
                     entry = self._best_copy(row_id, keys)
                     if entry is not None:
                         tables.append(entry)
@@ -579,9 +586,9 @@ class Catalog:
             if tables
             else pa.Table.from_batches([], schema=self._index.schema)
         )
-        self._index.rebuild(rows, log_before)
+        manifest = self._index.rebuild(rows, log_before, since=since, listed=set(files))
         self._indexed = True
-        return int(rows.num_rows)
+        return manifest.rows
 
     def _best_copy(self, row_id: str, keys: list[str]) -> pa.Table | None:
         """The index row of the sound copy of ``row_id`` that lies where its partition values
@@ -695,6 +702,7 @@ class Catalog:
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
         except FileNotFoundError:
+            self._check_not_deleted(row_id)
             raise RowFileError(
                 f"{path}: the row file is gone (removed by hand?); run catalog.verify() to list "
                 "such rows and catalog.reindex() to drop them from the index",
@@ -706,7 +714,12 @@ class Catalog:
                 "follows links (remove it, and run catalog.reindex())",
                 path=str(path),
             )
-        batch, ctx = read_row_file(path)
+        try:
+            batch, ctx = read_row_file(path)
+        except RowFileError:
+            if not os.path.lexists(path):
+                self._check_not_deleted(row_id)
+            raise
         self._check_belongs(batch, row_id, path)
         row = decode_row(batch, 0, ctx)
         if verify:
@@ -730,6 +743,14 @@ class Catalog:
                 path=where,
             ) from None
         return read_row_file(data, where=where)
+
+    def _check_not_deleted(self, row_id: str) -> None:
+        """The file of a row the index listed is gone: RowNotFoundError if the row was deleted
+        meanwhile (a delete removes the file right after recording it); else return."""
+        if self._index.lookup(row_id) is None:
+            raise RowNotFoundError(
+                f"no row {row_id!r} in the catalog at {self.url} (deleted while it was being read)"
+            )
 
     def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path | str) -> None:
         if not batch.schema.equals(self.arrow_schema, check_metadata=False):
@@ -887,27 +908,40 @@ class Catalog:
             )
         if isinstance(self.arrow_schema.field(by).type, pa.StructType | pa.ListType):
             raise CatalogError(f"cannot rank by {by!r}: it is not a number, string or date")
-        rel = self._where(self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where)
-        if pa.types.is_floating(self.arrow_schema.field(by).type):
-            rel = rel.filter(f"NOT isnan({_quote(by)})")
-        rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
-        if on_corrupt == "raise":
-            rel = rel.limit(1)
-        ids = [row_id for (row_id,) in rel.project("row_id").fetchall()]
-        seen: pa.Table | None = getattr(self._local, "snapshot_table", None)
-        keys: dict[str, str] = {}
-        if seen is not None and ids:  # the snapshot the query ran on: where each row's file is
-            import pyarrow.compute as pc
-
-            found = seen.filter(pc.is_in(seen.column("row_id"), value_set=pa.array(ids)))
-            keys = dict(
-                zip(found.column("row_id").to_pylist(), found.column(PATH).to_pylist(), strict=True)
+        for _ in range(_index._RETRIES):  # again if the best row is deleted before it loads
+            rel = self._where(
+                self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where
             )
-        for row_id in ids:
-            row = self._load(row_id, verify=verify, on_corrupt=on_corrupt, key=keys.get(row_id))
-            if row is not None:
-                return row
-        return None
+            if pa.types.is_floating(self.arrow_schema.field(by).type):
+                rel = rel.filter(f"NOT isnan({_quote(by)})")
+            rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
+            if on_corrupt == "raise":
+                rel = rel.limit(1)
+            ids = [row_id for (row_id,) in rel.project("row_id").fetchall()]
+            seen: pa.Table | None = getattr(self._local, "snapshot_table", None)
+            keys: dict[str, str] = {}
+            if seen is not None and ids:  # the snapshot the query ran on: each row's file
+                import pyarrow.compute as pc
+
+                found = seen.filter(pc.is_in(seen.column("row_id"), value_set=pa.array(ids)))
+                keys = dict(
+                    zip(
+                        found.column("row_id").to_pylist(),
+                        found.column(PATH).to_pylist(),
+                        strict=True,
+                    )
+                )
+            try:
+                for row_id in ids:
+                    row = self._load(
+                        row_id, verify=verify, on_corrupt=on_corrupt, key=keys.get(row_id)
+                    )
+                    if row is not None:
+                        return row
+            except RowNotFoundError:
+                continue
+            return None
+        raise CatalogError(f"{self.url}: the best rows kept being deleted as they were loaded")
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):
@@ -942,8 +976,13 @@ class Catalog:
             zip(table.column("row_id").to_pylist(), table.column(PATH).to_pylist(), strict=True)
         )
         for row_id in self._ids(where=where, order=["row_id"]):
+            key = paths.get(row_id)
+            if key is None:  # appended since the snapshot above (the query took its own)
+                continue
             try:
-                row = self._read(row_id, paths[row_id], verify=verify)
+                row = self._read(row_id, key, verify=verify)
+            except RowNotFoundError:  # deleted while iterating
+                continue
             except RowFileError as exc:
                 if on_corrupt == "raise":
                     raise
@@ -986,7 +1025,23 @@ class Catalog:
         ids = sorted(set(ids))
         if not ids:
             return []
-        self._index.publish_delete(ids, fsync=fsync)
+        try:
+            self._index.publish_delete(ids, fsync=fsync)
+        except StorageError as exc:  # say which of the two outcomes it is
+            n, visible = len(ids), exc.visible
+            raise StorageError(
+                f"deleting {n} row{'s' if n > 1 else ''} from {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                + (
+                    f"The row{'s are' if n > 1 else ' is'} deleted; the deletion may not be "
+                    "durable yet."
+                    if visible
+                    else "Nothing was deleted."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=visible,
+            ) from exc.__cause__
         import pyarrow.compute as pc
 
         gone = live.filter(pc.is_in(live.column("row_id"), value_set=pa.array(ids)))
