@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import pytest
 
-from modelrows import _rowfile as rowfile
+from modelrows import _atomic as atomic
 
 
 class Faults:
@@ -51,7 +51,7 @@ class Faults:
 
         with self.monkeypatch.context() as m:
             m.setattr(os, "fsync", fsync)
-            m.setattr(rowfile, "open", opener, raising=False)
+            m.setattr(atomic, "open", opener, raising=False)
             for kind, name in [("mkdir", "mkdir"), ("rename", "replace"), ("link", "link"),
                                ("unlink", "unlink"), ("write", "writev")]:  # fmt: skip
                 real = getattr(os, name)

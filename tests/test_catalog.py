@@ -222,8 +222,10 @@ def test_create_and_open_rules(tmp_path: Path) -> None:
         Catalog.create(tmp_path / "d", RunRowV1, partition_by=["loss"])
     with pytest.raises(CatalogError, match="partition fields must be str or int"):
         Catalog.create(tmp_path / "d", RunRowV1, partition_by=["accuracy"])
-    with pytest.raises(CatalogError, match="does not extend ModelV1"):
-        Catalog.create(tmp_path / "d", ConfigV1)
+    with pytest.raises(CatalogError, match="a catalog holds rows of a declared row class"):
+        Catalog.create(tmp_path / "d", Row)  # Row itself declares no schema
+    plain = Catalog.create(tmp_path / "plain", ConfigV1)  # rows without weights are rows too
+    assert plain.get(plain.append(ConfigV1(seed=3))).seed == 3
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
@@ -343,3 +345,22 @@ def test_get_never_follows_a_row_file_that_became_a_symlink(catalog: Catalog) ->
     with pytest.raises(RowFileError, match="is a symbolic link"):
         catalog.get(swapped)
     assert catalog.get(kept).epoch == 0
+
+
+def test_plain_duckdb_reads_the_compacted_index(catalog: Catalog) -> None:
+    """docs/format.md, 6.4: a compacted index needs nothing but a Parquet reader."""
+    import duckdb
+
+    ids = filled(catalog)
+    catalog.delete([i for i, (run, epoch, _) in ids.items() if (run, epoch) == ("b", 0)])
+    catalog.compact()
+    glob = str(catalog.root / "_index" / "segments" / "*.parquet")
+    best = duckdb.sql(
+        f"SELECT row_id, run, epoch, accuracy, _path FROM read_parquet('{glob}') "
+        "ORDER BY accuracy DESC LIMIT 1"
+    ).fetchall()
+    expected = catalog.best("accuracy")
+    assert best == [(expected.row_id, expected.run, expected.epoch, expected.accuracy, best[0][4])]
+    assert (catalog.root / best[0][4]).is_file()
+    count = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()
+    assert count == [(len(catalog),)] == [(5,)]

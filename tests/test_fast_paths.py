@@ -21,7 +21,7 @@ import torch
 from checksums import reference_checksum
 from modelrows import ModelV1, fetch_weights, read_model_row, write_model_row
 from modelrows import _rowfile as rowfile
-from modelrows._rowfile import WRITE_ALIGN
+from modelrows._format import WRITE_ALIGN
 from modelrows._weights import empty_bytes
 
 

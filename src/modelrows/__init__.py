@@ -36,9 +36,12 @@ from ._errors import (
 
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._diff import TensorDiff, diff_weights
+    from ._format import FORMAT_VERSION
     from ._legolasflux import LegolasFluxModelV1
     from ._rowfile import read_model_row, write_model_row
-    from ._schema import FORMAT_VERSION, ModelV1, Row
+    from ._safetensors import export_safetensors, import_safetensors
+    from ._schema import ModelV1, Row
     from ._training import (
         Checkpointer,
         TrainingStateError,
@@ -55,10 +58,14 @@ _LAZY = {
     "Catalog": "._catalog",
     "CorruptRow": "._catalog",
     "OnCorrupt": "._catalog",
+    "TensorDiff": "._diff",
+    "diff_weights": "._diff",
     "LegolasFluxModelV1": "._legolasflux",
     "read_model_row": "._rowfile",
     "write_model_row": "._rowfile",
-    "FORMAT_VERSION": "._schema",
+    "export_safetensors": "._safetensors",
+    "import_safetensors": "._safetensors",
+    "FORMAT_VERSION": "._format",
     "ModelV1": "._schema",
     "Row": "._schema",
     "Checkpointer": "._training",
@@ -114,6 +121,7 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "StorageError",
+    "TensorDiff",
     "TensorEntry",
     "TrainingStateError",
     "TrainingStateV1",
@@ -123,7 +131,10 @@ __all__ = [
     "WeightsError",
     "WeightsMismatchError",
     "__version__",
+    "diff_weights",
+    "export_safetensors",
     "fetch_weights",
+    "import_safetensors",
     "load_weights",
     "read_model_row",
     "read_training_state",

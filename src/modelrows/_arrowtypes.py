@@ -23,10 +23,9 @@ import pyarrow as pa
 import torch
 
 from ._errors import CorruptRowError, SchemaError
+from ._format import ALIGNMENT, CHECKSUM_PREFIX, FORMAT_DTYPES, MAX_NDIM, WEIGHTS_FIELDS
 from ._weights import (
-    ALIGNMENT,
     DTYPE_NAMES,
-    FORMAT_DTYPES,
     TensorEntry,
     Weights,
     fetch_weights,
@@ -377,11 +376,9 @@ WEIGHTS_ARROW_TYPE = pa.struct(
     ]
 )
 """The Arrow type of a weights column (docs/format.md, "The weights column")."""
+assert tuple(f.name for f in WEIGHTS_ARROW_TYPE) == WEIGHTS_FIELDS
 
-MAX_NDIM = 64
-
-
-CHECKSUM_PLACEHOLDER = "xxh3-64:" + "?" * 16
+CHECKSUM_PLACEHOLDER = CHECKSUM_PREFIX + "?" * 16
 """Stands in for a checksum a :class:`BlobStream` computes while the blob is written."""
 
 

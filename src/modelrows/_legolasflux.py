@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ._arrowtypes import MAX_NDIM, BlobPlan, DecodeContext, WeightsType, is_null
+from ._arrowtypes import BlobPlan, DecodeContext, WeightsType, is_null
 from ._errors import CorruptRowError, WeightsError
+from ._format import MAX_NDIM
 from ._schema import Row
 from ._weights import DTYPE_NAMES, Weights
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from ._arrowtypes import WEIGHTS_ARROW_TYPE, BlobPlan, BlobStream, DecodeContext, WeightsType
+from ._arrowtypes import BlobPlan, BlobStream, DecodeContext, WeightsType
+from ._atomic import PendingFile
 from ._errors import (
     CorruptRowError,
     ModelRowsError,
@@ -29,35 +29,35 @@ from ._errors import (
     RowCountError,
     RowFileError,
     RowValidationError,
-    StorageError,
     UnknownSchemaError,
+)
+from ._format import (
+    ALIGNMENT,
+    FORMAT_VERSION,
+    MAGIC,
+    MANAGED_COLUMNS,
+    METADATA_FORMAT_KEY,
+    METADATA_SCHEMA_KEY,
+    WRITE_ALIGN,
+    is_weights_type,
 )
 from ._ipcguard import check_row_file
 from ._linux import FALLOCATE
-from ._schema import FORMAT_VERSION, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY, Row, nearest_declared
-from ._weights import ALIGNMENT, Weights
+from ._schema import Row, nearest_declared
+from ._weights import Weights
 
 __all__ = [
-    "MANAGED_COLUMNS",
-    "PendingFile",
     "RowCountError",
     "decode_row",
-    "fsync_dir",
     "prepare_row_file",
     "read_model_row",
     "read_row_file",
     "row_batch",
-    "write_atomic",
     "write_model_row",
 ]
 
-_MAGIC = b"ARROW1"
 _MIN_FILE = 8 + 8 + 4 + 6  # magic+pad, a schema message at least, footer length, magic
 _WEIGHTS = WeightsType()
-
-
-MANAGED_COLUMNS = ("row_id", "written_at")
-"""Columns a catalog adds to every row file it writes; not fields of any row class."""
 
 
 PathLike = str | os.PathLike[str]
@@ -65,13 +65,6 @@ PathLike = str | os.PathLike[str]
 
 # -- writing -----------------------------------------------------------------------------------------
 
-
-WRITE_ALIGN = 2 << 20
-"""The file is handed to the kernel in writes that start and end at multiples of this (2 MiB, a
-huge page) in the file. A kernel that caches files in large folios (Linux 6.16+ on ext4, XFS ...)
-then keeps a freshly written row in 2 MiB folios, which a reader maps one page-table entry per
-2 MiB: mapping a 200 MB row costs ~0.2 ms instead of ~4 ms (51,200 page faults), unmapping it
-~0.1 ms instead of ~0.6 ms, and copying out of it is faster (fewer TLB misses)."""
 
 _COPY_BELOW = 64 << 10
 """Pieces smaller than this are copied into a staging buffer; larger ones are written from where
@@ -248,7 +241,7 @@ def _blobs(batch: pa.RecordBatch) -> dict[str, tuple[int, int]]:
     """Weights columns -> (address, size) of their data buffer."""
     out = {}
     for i, f in enumerate(batch.schema):
-        if f.type == WEIGHTS_ARROW_TYPE:
+        if is_weights_type(f.type):
             data = batch.column(i).field("data")
             buf = data.buffers()[2]
             if buf is not None and buf.size:
@@ -314,90 +307,6 @@ def _serialize(
     for name, key in _blobs(batch).items():
         if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
-
-
-class PendingFile:
-    """A file written and flushed under a temporary name, not yet visible at its final path.
-
-    The temporary name is ``.<final name>.<pid>-<random>.tmp``: it starts with ``.`` and ends with
-    ``.tmp``, so no reader takes it for a row, and ``vacuum`` can tell whether its writer lives.
-    """
-
-    def __init__(self, path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool) -> None:
-        self.path = path
-        self.fsync = fsync
-        self.visible = False  # whether the file is at its final path (commit moved it there)
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
-        self._step("create", self._write, write)
-
-    def _write(self, write: Callable[[IO[bytes]], None]) -> None:
-        with open(self.tmp, "xb") as f:
-            self.step = "write"
-            write(f)
-            self.step = "flush"
-            f.flush()
-            if self.fsync:
-                self.step = "fsync"
-                os.fsync(f.fileno())
-
-    def commit(self, *, replace: bool = True, sync_dir: bool = True) -> None:
-        """Move into place (``replace=False``: hard link, refusing to overwrite), then fsync the
-        directory unless the caller syncs it later."""
-        self._step("rename" if replace else "link", self._commit, replace, sync_dir)
-
-    def _commit(self, replace: bool, sync_dir: bool) -> None:
-        if replace:
-            os.replace(self.tmp, self.path)
-            self.visible = True
-        else:
-            os.link(self.tmp, self.path)
-            self.visible = True
-            self.step = "unlink"
-            os.unlink(self.tmp)
-        if self.fsync and sync_dir:
-            self.step = "directory fsync"
-            fsync_dir(self.path.parent)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.tmp)
-
-    def _step(self, first: str, fn: Callable[..., None], *args: Any) -> None:
-        self.step = first
-        try:
-            fn(*args)
-        except OSError as exc:
-            self.abort()
-            raise StorageError(
-                f"writing {self.path} failed at step {self.step!r}: {exc}. "
-                + (
-                    "The new file is in place but may not be durable yet."
-                    if self.visible
-                    else "Nothing was written there; the previous content (if any) is intact."
-                ),
-                path=str(self.path),
-                step=self.step,
-                visible=self.visible,
-            ) from exc
-        except BaseException:
-            self.abort()
-            raise
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory, so that a rename or a new entry in it survives a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(
-    path: Path, write: Callable[[IO[bytes]], None], *, fsync: bool = True, replace: bool = True
-) -> None:
-    """Write ``path`` through a temporary file so it is never seen half-written."""
-    PendingFile(path, write, fsync=fsync).commit(replace=replace)
 
 
 def prepare_row_file(
@@ -472,8 +381,8 @@ def _map(path: Path) -> tuple[mmap.mmap, torch.Tensor, pa.Buffer]:
         raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
     finally:
         os.close(fd)
-    if mm[:6] != _MAGIC or mm[-6:] != _MAGIC:
-        missing = "start" if mm[:6] != _MAGIC else "end"
+    if mm[:6] != MAGIC or mm[-6:] != MAGIC:
+        missing = "start" if mm[:6] != MAGIC else "end"
         mm.close()
         raise NotArrowFileError(
             f"{where}: not an Arrow IPC file (the ARROW1 magic is missing at the {missing}); "
@@ -576,7 +485,7 @@ def _decode_column(
     field = cls.__row_fields__.get(f.name)
     if field is not None:
         return field.type.decode(column, index, ctx)
-    if f.type == WEIGHTS_ARROW_TYPE:  # an undeclared weights column still reads as Weights
+    if _WEIGHTS.accepts(f.type):  # an undeclared weights column still reads as Weights
         return _WEIGHTS.decode(column, index, ctx)
     return column[index].as_py()
 

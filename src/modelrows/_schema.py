@@ -25,12 +25,10 @@ import pyarrow as pa
 
 from ._arrowtypes import FieldType, resolve
 from ._errors import RowValidationError, SchemaError, SchemaMismatchError, UnknownSchemaError
+from ._format import FORMAT_VERSION, MANAGED_COLUMNS, METADATA_FORMAT_KEY, METADATA_SCHEMA_KEY
 from ._weights import Weights
 
 __all__ = [
-    "FORMAT_VERSION",
-    "METADATA_FORMAT_KEY",
-    "METADATA_SCHEMA_KEY",
     "Field",
     "ModelV1",
     "Row",
@@ -38,11 +36,6 @@ __all__ = [
     "nearest_declared",
     "parse_qualified",
 ]
-
-METADATA_SCHEMA_KEY = "legolas_schema_qualified"
-METADATA_FORMAT_KEY = "modelrows_format_version"
-FORMAT_VERSION = 1
-"""The version of the on-disk format this library writes (docs/format.md)."""
 
 _NAME_RE = re.compile(r"^[a-z0-9.-]+$")
 _IDENT_RE = re.compile(r"^([a-z0-9.-]+)@(0|[1-9][0-9]{0,17})$")
@@ -352,7 +345,7 @@ def _convert(cls: type[Row], f: Field, value: Any) -> Any:
         raise RowValidationError(f"{cls.__name__}.{f.name}: {exc}") from None
 
 
-_RESERVED = {n for n in dir(Row) if not n.startswith("__")} | {"row_id", "written_at"}
+_RESERVED = {n for n in dir(Row) if not n.startswith("__")} | set(MANAGED_COLUMNS)
 
 
 def _declare(

@@ -24,20 +24,10 @@ import torch
 import xxhash
 
 from ._errors import WeightsError, WeightsMismatchError
+from ._format import ALIGNMENT, CHECKSUM_PREFIX, FORMAT_DTYPES
 from ._linux import MADV_POPULATE_READ, MADVISE
 
 __all__ = ["DTYPE_NAMES", "LoadReport", "TensorEntry", "Weights", "fetch_weights", "load_weights"]
-
-ALIGNMENT = 64
-"""Every tensor's bytes start at a multiple of this many bytes (in memory and in files)."""
-
-
-FORMAT_DTYPES = (
-        "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
-        "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
-        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-)  # fmt: skip
-"""Every dtype name of the format (docs/format.md), whether or not this torch has it."""
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     n: getattr(torch, n) for n in FORMAT_DTYPES if isinstance(getattr(torch, n, None), torch.dtype)
@@ -599,7 +589,7 @@ def stream_packed(
                 raise
             for job in pending:
                 job.result()
-    return f"xxh3-64:{h.hexdigest()}"
+    return CHECKSUM_PREFIX + h.hexdigest()
 
 
 def _stream(

@@ -26,13 +26,13 @@ import threading
 import time
 import urllib.parse
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pyarrow as pa
 
-from .._arrowtypes import WEIGHTS_ARROW_TYPE, IntType, WeightsType
+from .._arrowtypes import IntType, WeightsType
 from .._errors import (
     CatalogError,
     CorruptRowError,
@@ -42,16 +42,28 @@ from .._errors import (
     RowNotFoundError,
     StorageError,
 )
+from .._format import (
+    CATALOG_FILE,
+    CATALOG_FORMAT,
+    CATALOG_FORMAT_VERSION,
+    HIVE_NULL,
+    MANAGED_COLUMNS,
+    ROW_ID_TYPE,
+    WRITTEN_AT_TYPE,
+    is_row_file_name,
+    is_weights_type,
+    managed_fields,
+    row_file_name,
+)
 from .._ipcguard import check_schema_message
 from .._rowfile import (
-    MANAGED_COLUMNS,
     PathLike,
     decode_row,
     read_row_file,
     row_writer,
     verify_row,
 )
-from .._schema import ModelV1, Row, nearest_declared
+from .._schema import Row, nearest_declared
 from . import _index
 from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
 from ._store import LocalStore, Store
@@ -63,13 +75,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["CATALOG_FILE", "Catalog", "CorruptRow", "OnCorrupt", "new_row_id"]
 
-CATALOG_FILE = "_modelrows_catalog.json"
-CATALOG_FORMAT_VERSION = 2  # 2: the catalog has an index (_index/); 1: row files alone
 MAX_PARTITION_SEGMENT = 200  # bytes of one encoded "key=value" directory name
 _MAX_DESCRIPTION_BYTES = 1 << 20
-_ROW_ID_TYPE = pa.string()
-_WRITTEN_AT_TYPE = pa.timestamp("us", tz="UTC")
-_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # hive readers take this partition value for None
 _PROGRESS_MIN_ROWS = 1000  # verify() and reindex() show a progress bar by default from here
 _SLOW_NOTICE_S = 1.0  # building an index that takes longer says so on stderr
 
@@ -90,10 +97,6 @@ class CorruptRow(NamedTuple):
 
 def _encode_segment(key: str, value: object) -> str:
     return f"{key}={urllib.parse.quote(str(value), safe='')}"
-
-
-def _is_row_file(name: str) -> bool:
-    return name.endswith(".arrow") and not name.startswith(("_", "."))
 
 
 def _description_error(path: object, problem: str) -> CatalogError:
@@ -133,7 +136,7 @@ def _parse_description(raw: bytes, path: object) -> dict[str, Any]:
         raise _description_error(path, f"not JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise _description_error(path, f"a JSON {type(meta).__name__}, not an object")
-    if meta.get("format") != "modelrows.catalog":
+    if meta.get("format") != CATALOG_FORMAT:
         raise _description_error(path, "'format' is not 'modelrows.catalog'")
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -221,7 +224,7 @@ class Catalog:
         self.arrow_schema: pa.Schema = meta["_arrow_schema"]
         self.format_version: int = meta["format_version"]
         self.schema_name = self.schema.split(">")[0].split("@")[0]
-        self._weights = frozenset(f.name for f in self.arrow_schema if f.type == WEIGHTS_ARROW_TYPE)
+        self._weights = frozenset(f.name for f in self.arrow_schema if is_weights_type(f.type))
         self._index = Index(store, _index.index_schema(self.arrow_schema, self._weights))
         self._local = threading.local()  # one DuckDB connection per thread
         self._indexed = False
@@ -234,10 +237,13 @@ class Catalog:
         """Create a catalog of ``row_class`` rows at ``root`` (or open the identical one there).
 
         Idempotent: any number of processes may create the same catalog at once."""
-        if not (isinstance(row_class, type) and issubclass(row_class, ModelV1)):
+        # model rows (ModelV1 and its children), or rows without weights (evaluations, ...)
+        if not (
+            isinstance(row_class, type) and issubclass(row_class, Row) and row_class.__identifier__
+        ):
             raise CatalogError(
-                f"a catalog holds model rows: {row_class!r} does not extend ModelV1 "
-                "(modelrows.model@1)"
+                f"a catalog holds rows of a declared row class (a subclass of ModelV1, or of Row "
+                f"for rows without weights, with schema= and version=); got {row_class!r}"
             )
         if isinstance(partition_by, str):
             raise CatalogError(f"partition_by takes a list of field names, e.g. [{partition_by!r}]")
@@ -259,7 +265,7 @@ class Catalog:
         store = open_store(root)
         file_schema = _file_schema(row_class)
         meta = {
-            "format": "modelrows.catalog",
+            "format": CATALOG_FORMAT,
             "format_version": CATALOG_FORMAT_VERSION,
             "schema": row_class.__qualified__,
             "partition_by": keys,
@@ -327,9 +333,9 @@ class Catalog:
                 )
             if value == "":
                 raise CatalogError(f"partition field {key!r} is empty; give it a value")
-            if value == _HIVE_NULL:
+            if value == HIVE_NULL:
                 raise CatalogError(
-                    f"partition field {key!r} is {_HIVE_NULL!r}, which hive readers take for a "
+                    f"partition field {key!r} is {HIVE_NULL!r}, which hive readers take for a "
                     "missing value; choose another value"
                 )
             segment = _encode_segment(key, value)
@@ -345,8 +351,8 @@ class Catalog:
         """Write one row file (not yet visible to queries); return its index row."""
         row_id = new_id()
         written_at = dt.datetime.now(dt.timezone.utc)
-        managed = {"row_id": (_ROW_ID_TYPE, row_id), "written_at": (_WRITTEN_AT_TYPE, written_at)}
-        key = "/".join([*segments, f"{row_id}.{self.schema_name}.arrow"])
+        managed = {"row_id": (ROW_ID_TYPE, row_id), "written_at": (WRITTEN_AT_TYPE, written_at)}
+        key = "/".join([*segments, row_file_name(row_id, self.schema_name)])
         write = row_writer(row, managed=managed)
         size = [0]
 
@@ -372,8 +378,8 @@ class Catalog:
     ) -> pa.Table:
         cls = type(row)
         arrays: list[pa.Array] = [
-            pa.array([row_id], _ROW_ID_TYPE),
-            pa.array([written_at], _WRITTEN_AT_TYPE),
+            pa.array([row_id], ROW_ID_TYPE),
+            pa.array([written_at], WRITTEN_AT_TYPE),
         ]
         checksums = []
         for f in self.arrow_schema:
@@ -435,17 +441,23 @@ class Catalog:
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
-        self._maybe_compact(fsync=fsync)
+        self._maybe_compact(
+            fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
+        )
         return [str(i) for i in ids]
 
-    def _maybe_compact(self, *, fsync: bool) -> None:
-        """Now and then (one append in CHECK_EVERY), fold a long log into a segment."""
+    def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
+        """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
+        the temporary files dead writers left in ``directory`` (the partition just written) and
+        in the log (what an append can leave); a cheap, bounded amount of work."""
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
             if self._index.log_size() >= COMPACT_AT:
                 self._index.compact(fsync=fsync)
-            self.store.cleanup_uploads(3600.0)
+            for prefix in {directory, _index.LOG}:
+                if prefix:
+                    self.store.cleanup_uploads(3600.0, prefix)
 
     # -- the index ----------------------------------------------------------------------------------
     def _ensure_index(self) -> None:
@@ -502,14 +514,14 @@ class Catalog:
                     deleted |= set(
                         self._index._parquet(_index.LOG + name).column("row_id").to_pylist()
                     )
-        files = self._row_files()
+        files = self._row_file_copies()
         step, close = _progress(progress, len(files), f"indexing {self.url}")
         tables = []
         shown = False
         try:
-            for done, (row_id, key) in enumerate(sorted(files.items()), 1):
+            for done, (row_id, keys) in enumerate(sorted(files.items()), 1):
                 if row_id not in deleted:
-                    entry = self._entry_from_file(row_id, key)
+                    entry = self._best_copy(row_id, keys)
                     if entry is not None:
                         tables.append(entry)
                 step(done)
@@ -527,10 +539,28 @@ class Catalog:
                     shown = True
         finally:
             close()
-        rows = pa.concat_tables(tables) if tables else self._index.schema.empty_table()
+        rows = (
+            pa.concat_tables(tables)
+            if tables
+            else pa.Table.from_batches([], schema=self._index.schema)
+        )
         self._index.rebuild(rows, log_before)
         self._indexed = True
         return int(rows.num_rows)
+
+    def _best_copy(self, row_id: str, keys: list[str]) -> pa.Table | None:
+        """The index row of the sound copy of ``row_id`` that lies where its partition values
+        say (or the first sound one), None if no copy is sound."""
+        fallback = None
+        for key in sorted(keys):
+            entry = self._entry_from_file(row_id, key)
+            if entry is None:
+                continue
+            values = {k: entry.column(k)[0].as_py() for k in self.partition_by}
+            if key.rpartition("/")[0] == self._partition_dir(values):
+                return entry
+            fallback = fallback or entry
+        return fallback
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
         """The index row of a row file, read from the file; None if it is not a sound row."""
@@ -553,17 +583,29 @@ class Catalog:
 
     def _row_files(self) -> dict[str, str]:
         """Every row file in the partition directories, by row id (lists them all: reindex and
-        vacuum only)."""
-        depth = len(self.partition_by)
+        vacuum only). Of copies of one row in several directories, the one in the directory
+        its name sorts first in."""
         found: dict[str, str] = {}
+        for row_id, keys in self._row_file_copies().items():
+            found[row_id] = keys[0]
+        return found
+
+    def _row_file_copies(self) -> dict[str, list[str]]:
+        """Every row file in the partition directories: row id -> the keys holding it."""
+        depth = len(self.partition_by)
+        found: dict[str, list[str]] = {}
         for key, _ in self.store.list(""):
             parts = key.split("/")
-            if len(parts) != depth + 1 or not _is_row_file(parts[-1]):
+            if len(parts) != depth + 1 or not is_row_file_name(parts[-1]):
                 continue
             if any(p.startswith((".", "_")) or "=" not in p for p in parts[:-1]):
                 continue
-            found[parts[-1].split(".", 1)[0]] = key
+            found.setdefault(parts[-1].split(".", 1)[0], []).append(key)
         return found
+
+    def _partition_dir(self, values: Mapping[str, Any]) -> str:
+        """The directory (key prefix, "" for the root) where a row of these values belongs."""
+        return "/".join(_encode_segment(k, values[k]) for k in self.partition_by)
 
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -953,10 +995,9 @@ class Catalog:
                 path = self._path(key)
                 problem = self._problem(row_id, path, verify=True)
                 if problem is None:
-                    expected = "/".join(
-                        _encode_segment(k, parts[k][ids.index(row_id)]) for k in self.partition_by
-                    )
-                    found = key.rsplit("/", 1)[0] if "/" in key else ""
+                    at = ids.index(row_id)
+                    expected = self._partition_dir({k: parts[k][at] for k in self.partition_by})
+                    found = key.rpartition("/")[0]
                     if found != expected:
                         problem = (
                             CorruptRowError,
@@ -1057,7 +1098,4 @@ def _progress(
 
 def _file_schema(row_class: type[Row]) -> pa.Schema:
     schema = row_class.arrow_schema()
-    managed = [pa.field("row_id", _ROW_ID_TYPE, nullable=False),
-               pa.field("written_at", _WRITTEN_AT_TYPE, nullable=False)]  # fmt: skip
-    assert [f.name for f in managed] == list(MANAGED_COLUMNS)
-    return pa.schema(managed + list(schema), metadata=schema.metadata)
+    return pa.schema(managed_fields() + list(schema), metadata=schema.metadata)

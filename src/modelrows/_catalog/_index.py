@@ -2,13 +2,15 @@
 
 Layout under the catalog root (docs/format.md, "The catalog index")::
 
-    _index/log/<id>.add.parquet        rows appended (one file per append call)
-    _index/log/<id>.del.parquet        row ids deleted (one file per delete call), column row_id
-    _index/segments/<id>.parquet       compacted index rows, sorted by row_id
+    _index/log/<id>.<hash>.add.parquet   rows appended (one file per append call)
+    _index/log/<id>.<hash>.del.parquet   row ids deleted (one file per delete call), column row_id
+    _index/segments/<id>.<hash>.parquet  compacted index rows, sorted by row_id
     _index/manifests/<seq>.json        which segments make the index, which row ids of them are
                                        deleted, which log entries they already hold ("covered")
 
-Every object is created once, whole, under a name nobody else uses (create-if-absent), and is
+``<hash>`` is the xxh3-64 of the file's bytes (16 hex digits): a reader checks it before any
+Parquet reader parses the file, so a damaged index file is refused by name, never handed to an
+engine. Every object is created once, whole, under a name nobody else uses (create-if-absent), and is
 never changed; the only other operations are read, list a prefix and delete. That is all an
 object store offers, so the same protocol runs on a local disk and on S3.
 
@@ -39,11 +41,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._errors import CatalogError, ModelRowsError
+from .._format import INDEX_DIR
 from ._store import Store
 
-LOG = "_index/log/"
-SEGMENTS = "_index/segments/"
-MANIFESTS = "_index/manifests/"
+LOG = f"{INDEX_DIR}/log/"
+SEGMENTS = f"{INDEX_DIR}/segments/"
+MANIFESTS = f"{INDEX_DIR}/manifests/"
 INDEX_FORMAT = "modelrows.index"
 INDEX_FORMAT_VERSION = 1
 
@@ -241,12 +244,8 @@ class Index:
             hit = self._cache.get(key)
         if hit is not None:
             return hit
-        path = self.store.local_path(key)
         try:
-            if path is not None:
-                table = pq.read_table(path, memory_map=True, schema=None)
-            else:
-                table = pq.read_table(pa.BufferReader(self.store.get(key)))
+            table = self._open_parquet(key).read()
         except FileNotFoundError:
             raise StaleRead(key) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -260,6 +259,21 @@ class Index:
                 self._cache.clear()
             self._cache[key] = table
         return table
+
+    def _open_parquet(self, key: str) -> pq.ParquetFile:
+        """One index file, its bytes checked against the hash in its name, then opened.
+        pq.ParquetFile, not pq.read_table, which imports pyarrow.dataset (and with it pandas,
+        where installed: seconds of start-up for a command that reads a few kilobytes)."""
+        path = self.store.local_path(key)
+        data = path.read_bytes() if path is not None else self.store.get(key)
+        expected = _hash_in_name(key)
+        if expected is None or _digest(data) != expected:
+            raise CatalogError(
+                f"{self.store.url}/{key}: the index file is damaged (its bytes do not match the "
+                "hash in its name); rebuild the index with catalog.reindex() (or `modelrows "
+                "reindex`)"
+            )
+        return pq.ParquetFile(pa.BufferReader(data))
 
     def _conform(self, table: pa.Table, key: str) -> pa.Table:
         if key.endswith(".del.parquet"):
@@ -340,7 +354,7 @@ class Index:
             elif name.endswith(".del.parquet"):
                 deletes.update(self._parquet(key).column("row_id").to_pylist())
         deleted = manifest.deleted | deletes
-        table = pa.concat_tables(base) if base else self.schema.empty_table()
+        table = pa.concat_tables(base) if base else pa.Table.from_batches([], schema=self.schema)
         new_rows = None
         if adds:
             new_rows = pa.concat_tables(adds)
@@ -404,10 +418,20 @@ class Index:
             cached = self._cache.get(key)
         if cached is not None:
             return cached.filter(pc.equal(cached.column("row_id"), row_id))
-        path = self.store.local_path(key)
         try:
-            source: Any = path if path is not None else pa.BufferReader(self.store.get(key))
-            table = pq.read_table(source, filters=[("row_id", "=", row_id)], memory_map=True)
+            pf = self._open_parquet(key)
+            column = pf.schema_arrow.get_field_index("row_id")
+            groups = []
+            for i in range(pf.metadata.num_row_groups):  # segments are sorted by row_id
+                stats = pf.metadata.row_group(i).column(column).statistics
+                if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
+                    groups.append(i)
+            table = (
+                pf.read_row_groups(groups)
+                if groups
+                else pa.Table.from_batches([], schema=pf.schema_arrow)
+            )
+            table = table.filter(pc.equal(table.column("row_id"), row_id))
         except FileNotFoundError:
             raise StaleRead(key) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -420,15 +444,17 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
-        key = f"{LOG}{first_id}.add.parquet"
-        if not self.store.put_if_absent(key, to_parquet(rows), fsync=fsync):
+        data = to_parquet(rows)
+        key = f"{LOG}{first_id}.{_digest(data)}.add.parquet"
+        if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
 
     def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
         """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
-        key = f"{LOG}{new_id()}.del.parquet"
         table = pa.table({"row_id": pa.array(sorted(row_ids), pa.string())})
-        if not self.store.put_if_absent(key, to_parquet(table), fsync=fsync):
+        data = to_parquet(table)
+        key = f"{LOG}{new_id()}.{_digest(data)}.del.parquet"
+        if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already")  # pragma: no cover
         return key
 
@@ -494,9 +520,9 @@ class Index:
         return manifest
 
     def _write_segment(self, rows: pa.Table, *, fsync: bool) -> str:
-        key = f"{SEGMENTS}{new_id()}.parquet"
-        ordered = rows.sort_by("row_id")
-        self.store.put_if_absent(key, to_parquet(ordered), fsync=fsync)
+        data = to_parquet(rows.sort_by("row_id"))
+        key = f"{SEGMENTS}{new_id()}.{_digest(data)}.parquet"
+        self.store.put_if_absent(key, data, fsync=fsync)
         return key
 
     def _after_publish(self, manifest: Manifest, old: Manifest) -> None:
@@ -550,6 +576,21 @@ class Index:
         for key in written:
             self.store.delete(key)
         raise CatalogError(f"{self.store.url}: could not publish the rebuilt index")
+
+
+def _digest(data: bytes) -> str:
+    """The hash an index file's name carries: xxh3-64 of its bytes, 16 lowercase hex digits."""
+    import xxhash
+
+    return str(xxhash.xxh3_64_hexdigest(data))
+
+
+def _hash_in_name(key: str) -> str | None:
+    """The hash in ``<id>.<hash>[.add|.del].parquet``, or None for a name without one."""
+    parts = key.rsplit("/", 1)[-1].split(".")
+    if len(parts) >= 3 and len(parts[1]) == 16 and all(c in "0123456789abcdef" for c in parts[1]):
+        return parts[1]
+    return None
 
 
 def _unique(table: pa.Table) -> pa.Table:

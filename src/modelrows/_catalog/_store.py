@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
+from .._atomic import PendingFile, fsync_dir
 from .._errors import StorageError
-from .._rowfile import PendingFile, fsync_dir
+from .._format import is_temp_name, parse_temp_name
 
 
 class Store(Protocol):
@@ -58,8 +59,9 @@ class Store(Protocol):
     def delete(self, key: str) -> None:
         """Remove ``key``; an absent key is not an error."""
 
-    def cleanup_uploads(self, older_than: float) -> int:
-        """Remove what dead writers left behind (temporary files, abandoned uploads)."""
+    def cleanup_uploads(self, older_than: float, prefix: str = "") -> int:
+        """Remove what dead writers left behind (temporary files, abandoned uploads) under
+        ``prefix`` (a directory key ending in ``/``; "" is the whole store)."""
 
 
 class LocalStore:
@@ -175,15 +177,15 @@ class LocalStore:
                 step="unlink",
             ) from exc
 
-    def cleanup_uploads(self, older_than: float) -> int:
-        """Remove temporary files (``.<name>.<pid>-<hex>.tmp``) whose writer is gone from this
-        machine, or that are older than ``older_than`` seconds."""
+    def cleanup_uploads(self, older_than: float, prefix: str = "") -> int:
+        """Remove temporary files (``.<name>.<pid>-<hex>.tmp``) under ``prefix`` whose writer is
+        gone from this machine, or that are older than ``older_than`` seconds."""
         removed = 0
         now = time.time()
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, dirnames, filenames in os.walk(self.root / prefix):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                if not (name.startswith(".") and name.endswith(".tmp")):
+                if not is_temp_name(name):
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -198,10 +200,10 @@ class LocalStore:
 
 def writer_alive(tmp_name: str) -> bool:
     """Whether the pid in ``.<name>.<pid>-<hex>.tmp`` is a live process on this machine."""
-    try:
-        pid = int(tmp_name[: -len(".tmp")].rsplit(".", 1)[1].split("-")[0])
-    except (IndexError, ValueError):
+    parsed = parse_temp_name(tmp_name)
+    if parsed is None:
         return False
+    pid = parsed[1]
     if pid == os.getpid():
         return True
     try:
