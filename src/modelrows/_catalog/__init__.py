@@ -572,11 +572,12 @@ class Catalog:
         batch, _ctx = read_row_file(path)
         checksums = []
         arrays = []
+        first = pa.array([0])
         for f, column in zip(batch.schema, batch.columns, strict=True):
             if f.name in self._weights:
                 checksums.append(column.field("checksum")[0].as_py() or "")
-            else:
-                arrays.append(column)
+            else:  # a copy: a view would keep the file mapped (and open) as long as the entry
+                arrays.append(column.take(first))
         size = os.stat(path).st_size
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
         return pa.Table.from_arrays(arrays, schema=self._index.schema)
