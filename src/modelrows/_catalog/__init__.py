@@ -611,13 +611,14 @@ class Catalog:
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
         self._ensure_index()
-        return int(self._index.snapshot().table.num_rows)
+        count = self._index.count()  # from the manifest alone, when it describes every row
+        return count if count is not None else int(self._index.snapshot().table.num_rows)
 
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
             raise CatalogError(f"a row id is a string, not {type(row_id).__name__}")
         self._ensure_index()
-        entry = self._index.lookup(row_id)
+        entry = self._index.lookup(row_id, columns=[PATH])
         if entry is None:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
         return entry
@@ -813,8 +814,20 @@ class Catalog:
                 f"cannot rank by {by!r}: not a column of {self.schema} "
                 f"(columns: {', '.join(self._columns())})"
             )
-        if isinstance(self.arrow_schema.field(by).type, pa.StructType | pa.ListType):
+        ftype = self.arrow_schema.field(by).type
+        if isinstance(ftype, pa.StructType | pa.ListType):
             raise CatalogError(f"cannot rank by {by!r}: it is not a number, string or date")
+        if (
+            where is None
+            and on_corrupt == "raise"
+            and (
+                pa.types.is_integer(ftype)
+                or pa.types.is_float32(ftype)
+                or pa.types.is_float64(ftype)
+            )
+        ):  # the common case needs no SQL engine (starting one costs more than the search)
+            key = self._best_id(by, descending=descending)
+            return None if key is None else self._load(key, verify=verify, on_corrupt=on_corrupt)
         rel = self._where(self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where)
         if pa.types.is_floating(self.arrow_schema.field(by).type):
             rel = rel.filter(f"NOT isnan({_quote(by)})")
@@ -826,6 +839,23 @@ class Catalog:
             if row is not None:
                 return row
         return None
+
+    def _best_id(self, by: str, *, descending: bool) -> str | None:
+        """The row best's SQL finds for a numeric ``by``, in one pass over two columns: the
+        highest (lowest) value, null and NaN never ranking, ties to the smallest row id."""
+        import pyarrow.compute as pc
+
+        table = self._snapshot().table
+        values, ids = table.column(by), table.column("row_id")
+        keep = pc.is_valid(values)
+        if pa.types.is_floating(values.type):
+            keep = pc.and_kleene(keep, pc.invert(pc.is_nan(values)))
+        values, ids = values.filter(keep), ids.filter(keep)
+        if len(values) == 0:
+            return None
+        target = pc.max(values) if descending else pc.min(values)
+        found: str = pc.min(ids.filter(pc.equal(values, target))).as_py()
+        return found
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):

@@ -264,6 +264,10 @@ class Index:
         """One index file, its bytes checked against the hash in its name, then opened.
         pq.ParquetFile, not pq.read_table, which imports pyarrow.dataset (and with it pandas,
         where installed: seconds of start-up for a command that reads a few kilobytes)."""
+        return pq.ParquetFile(pa.BufferReader(self._checked_bytes(key)))
+
+    def _checked_bytes(self, key: str) -> bytes:
+        """The bytes of one index file, checked against the hash in its name."""
         path = self.store.local_path(key)
         data = path.read_bytes() if path is not None else self.store.get(key)
         expected = _hash_in_name(key)
@@ -273,7 +277,7 @@ class Index:
                 "hash in its name); rebuild the index with catalog.reindex() (or `modelrows "
                 "reindex`)"
             )
-        return pq.ParquetFile(pa.BufferReader(data))
+        return data
 
     def _conform(self, table: pa.Table, key: str) -> pa.Table:
         if key.endswith(".del.parquet"):
@@ -371,16 +375,30 @@ class Index:
             table = table.filter(pc.invert(mask))
         return Snapshot(manifest, table, log, new_rows, frozenset(deletes), removed)
 
-    def lookup(self, row_id: str) -> dict[str, Any] | None:
-        """The index row of ``row_id``, reading only what can hold it (not every segment row)."""
+    def count(self) -> int | None:
+        """The number of live rows when the newest manifest describes them all (every log entry
+        present is one it covers), read from the manifest alone; None otherwise."""
         for _ in range(_RETRIES):
             try:
-                return self._lookup(row_id)
+                manifest, log = self._manifest_and_log()
             except StaleRead:
                 continue
+            if any(key[len(LOG) :] not in manifest.covered for key in log):
+                return None
+            try:  # the segments are checked as every read checks them, not parsed
+                for key in manifest.segments:
+                    with self._lock:
+                        cached = key in self._cache
+                    if not cached:
+                        self._checked_bytes(key)
+            except FileNotFoundError:
+                continue  # a compaction moved on: read again
+            return manifest.rows
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
-    def _lookup(self, row_id: str) -> dict[str, Any] | None:
+    def _manifest_and_log(self) -> tuple[Manifest, list[str]]:
+        """The newest manifest and the log as present with it (StaleRead if a newer manifest
+        appeared meanwhile)."""
         found = self.manifests()
         if not found:
             raise CatalogError(f"{self.store.url}: the catalog has no index")
@@ -389,6 +407,20 @@ class Index:
         again = self.manifests()
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
+        return manifest, log
+
+    def lookup(self, row_id: str, *, columns: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """The index row of ``row_id`` (at least ``columns`` of it, when given), reading only
+        what can hold it: not every segment row, nor every column."""
+        for _ in range(_RETRIES):
+            try:
+                return self._lookup(row_id, columns)
+            except StaleRead:
+                continue
+        raise CatalogError(f"{self.store.url}: the index kept changing while being read")
+
+    def _lookup(self, row_id: str, columns: Sequence[str] | None) -> dict[str, Any] | None:
+        manifest, log = self._manifest_and_log()
         if row_id in manifest.deleted:
             return None
         hit: dict[str, Any] | None = None
@@ -407,17 +439,18 @@ class Index:
         if hit is not None:
             return hit
         for key in manifest.segments:
-            rows = self._segment_rows(key, row_id)
+            rows = self._segment_rows(key, row_id, columns)
             if rows.num_rows:
                 first: dict[str, Any] = rows.slice(0, 1).to_pylist()[0]
                 return first
         return None
 
-    def _segment_rows(self, key: str, row_id: str) -> pa.Table:
+    def _segment_rows(self, key: str, row_id: str, columns: Sequence[str] | None) -> pa.Table:
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached.filter(pc.equal(cached.column("row_id"), row_id))
+        names = None if columns is None else list(dict.fromkeys(["row_id", *columns]))
         try:
             pf = self._open_parquet(key)
             column = pf.schema_arrow.get_field_index("row_id")
@@ -427,14 +460,17 @@ class Index:
                 if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
                     groups.append(i)
             table = (
-                pf.read_row_groups(groups)
+                pf.read_row_groups(groups, columns=names)
                 if groups
                 else pa.Table.from_batches([], schema=pf.schema_arrow)
             )
             table = table.filter(pc.equal(table.column("row_id"), row_id))
+            if names is not None:  # only these columns, conformed to the catalog's types
+                schema = pa.schema([self.schema.field(n) for n in names])
+                return table.select(names).cast(schema)
         except FileNotFoundError:
             raise StaleRead(key) from None
-        except (pa.ArrowException, OSError, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
             raise CatalogError(
                 f"{self.store.url}/{key}: the index file cannot be read ({exc}); rebuild the "
                 "index with catalog.reindex() (or `modelrows reindex`)"
