@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -102,7 +103,7 @@ FULL = Sizes(
     append_chunk=20, append_reps=25, lance_single_appends=1_000, log_appends=100,
 )  # fmt: skip
 QUICK = Sizes(
-    rows=1_000, big_rows=5_000, reps=2, big_reps=2, cli_reps=1, cli_warmup=0,
+    rows=500, big_rows=5_000, reps=2, big_reps=2, cli_reps=1, cli_warmup=0,
     append_chunk=4, append_reps=3, lance_single_appends=20, log_appends=10,
 )  # fmt: skip
 
@@ -150,7 +151,10 @@ def timed_race(contenders: list[Contender], *, reps: int, warmup: int = 1) -> No
             samples.append(cpu_now() - t0)
 
         c.run = run
+    gc.collect()
+    gc.freeze()  # what exists now is never collected: race's gc.collect() before each run is quick
     race(contenders, reps=reps, warmup=warmup)
+    gc.unfreeze()
     for c in contenders:
         _CPU[id(c)] = _CPU[id(c)][-len(c.times) :]
 
@@ -559,7 +563,7 @@ def cli_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from modelrows.cli import main; sys.exit(main())"]
 
 
-def bench_cli(root: Path, n: int, reps: int, warmup: int) -> list[Result]:
+def bench_cli(root: Path, n: int, reps: int, warmup: int, *, torch_too: bool) -> list[Result]:
     """``modelrows best`` end to end in a new process, beside what any process pays to start:
     the interpreter, ``import modelrows.cli``, and torch (which the CLI imports today)."""
     env = cli_env()
@@ -581,9 +585,12 @@ def bench_cli(root: Path, n: int, reps: int, warmup: int) -> list[Result]:
             "python -c 'import modelrows.cli' (what every command pays first)",
             child([sys.executable, "-c", "import modelrows.cli"]),
         ),
-        Contender("python -c 'import torch'", child([sys.executable, "-c", "import torch"])),
         Contender("python -c pass", child([sys.executable, "-c", "pass"])),
     ]
+    if torch_too:  # seconds on a busy machine: not in --quick
+        others.insert(
+            1, Contender("python -c 'import torch'", child([sys.executable, "-c", "import torch"]))
+        )
     timed_race([best, *others], reps=reps, warmup=warmup)
     section = f"cli {n:,} rows"
     out = [
@@ -809,7 +816,9 @@ def main(argv: list[str] | None = None) -> int:
                 how += [f"{sizes.rows:,} rows: {x}" for x in lines]
             if "cli" in only:
                 log("the command line")
-                results += bench_cli(root, sizes.rows, sizes.cli_reps, sizes.cli_warmup)
+                results += bench_cli(
+                    root, sizes.rows, sizes.cli_reps, sizes.cli_warmup, torch_too=not args.quick
+                )
             if "query" in only and sizes.log_appends:
                 log(f"queries with {sizes.log_appends} appends not yet compacted")
                 results += bench_uncompacted(
