@@ -367,7 +367,9 @@ def test_delete_where_is_one_condition_never_a_second_statement(root: Path, wher
     assert set(deleted) <= {ids[1]}
     assert live_ids(Catalog.open(root)) == sorted(set(ids) - set(deleted))
     if not deleted:
-        assert not [k for k in keys(root, LOG) if k.endswith(".del.parquet")]  # no delete entry
+        entries = keys(root, LOG)  # <row id>.<hash>.add.parquet: no delete entry
+        assert all(k.endswith(".add.parquet") for k in entries)
+        assert sorted(k.split(".")[0] for k in entries) == sorted(ids)
 
 
 def test_delete_where_deletes_what_the_condition_selects(root: Path) -> None:
@@ -465,7 +467,9 @@ def test_reindex_restores_a_lost_or_damaged_index(
     assert live_ids(Catalog.open(root)) == live
     [segment] = catalog.index_files()
     manifest = MANIFESTS + keys(root, MANIFESTS)[-1]
-    [add_entry] = [LOG + k for k in keys(root, LOG) if k.startswith(ids[6])]
+    [add_entry] = [
+        LOG + n for n in keys(root, LOG) if n.startswith(ids[6]) and n.endswith(".add.parquet")
+    ]
     [delete_entry] = [  # the crashed delete's entry
         LOG + name
         for name in keys(root, LOG)

@@ -627,11 +627,12 @@ class Catalog:
         """The index row of a row file's checked record batch."""
         checksums = []
         arrays = []
+        first = pa.array([0])
         for f, column in zip(batch.schema, batch.columns, strict=True):
             if f.name in self._weights:
                 checksums.append(column.field("checksum")[0].as_py() or "")
-            else:
-                arrays.append(column)
+            else:  # a copy: a view would keep the file mapped (and open) as long as the entry
+                arrays.append(column.take(first))
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
         return pa.Table.from_arrays(arrays, schema=self._index.schema)
 
@@ -664,13 +665,15 @@ class Catalog:
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
         self._ensure_index()
-        return int(self._index.snapshot().table.num_rows)
+        count = self._index.count()  # from the manifest alone, when it describes every row
+        return count if count is not None else int(self._index.snapshot().table.num_rows)
 
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
             raise CatalogError(f"a row id is a string, not {type(row_id).__name__}")
         self._ensure_index()
-        entry = self._lookup_entry(row_id)  # a row id, or an alias name resolved to its row
+        # a row id, or an alias name resolved to its row; only the columns callers use
+        entry = self._lookup_entry(row_id, columns=[PATH, "row_id"])
         if entry is None:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
         return entry
@@ -906,9 +909,29 @@ class Catalog:
                 f"cannot rank by {by!r}: not a column of {self.schema} "
                 f"(columns: {', '.join(self._columns())})"
             )
-        if isinstance(self.arrow_schema.field(by).type, pa.StructType | pa.ListType):
+        ftype = self.arrow_schema.field(by).type
+        if isinstance(ftype, pa.StructType | pa.ListType):
             raise CatalogError(f"cannot rank by {by!r}: it is not a number, string or date")
+        fast = (
+            where is None
+            and on_corrupt == "raise"
+            and (
+                pa.types.is_integer(ftype)
+                or pa.types.is_float32(ftype)
+                or pa.types.is_float64(ftype)
+            )
+        )  # the common case needs no SQL engine (starting one costs more than the search)
         for _ in range(_index._RETRIES):  # again if the best row is deleted before it loads
+            if fast:
+                try:
+                    key = self._best_id(by, descending=descending)
+                    return (
+                        None
+                        if key is None
+                        else self._load(key, verify=verify, on_corrupt=on_corrupt)
+                    )
+                except RowNotFoundError:
+                    continue
             rel = self._where(
                 self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where
             )
@@ -942,6 +965,23 @@ class Catalog:
                 continue
             return None
         raise CatalogError(f"{self.url}: the best rows kept being deleted as they were loaded")
+
+    def _best_id(self, by: str, *, descending: bool) -> str | None:
+        """The row best's SQL finds for a numeric ``by``, in one pass over two columns: the
+        highest (lowest) value, null and NaN never ranking, ties to the smallest row id."""
+        import pyarrow.compute as pc
+
+        table = self._snapshot().table
+        values, ids = table.column(by), table.column("row_id")
+        keep = pc.is_valid(values)
+        if pa.types.is_floating(values.type):
+            keep = pc.and_kleene(keep, pc.invert(pc.is_nan(values)))
+        values, ids = values.filter(keep), ids.filter(keep)
+        if len(values) == 0:
+            return None
+        target = pc.max(values) if descending else pc.min(values)
+        found: str = pc.min(ids.filter(pc.equal(values, target))).as_py()
+        return found
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):
@@ -1251,14 +1291,17 @@ class Catalog:
         a removal is a version whose ``row_id`` is None."""
         return _aliases.history(self.store, name)
 
-    def _lookup_entry(self, name: str) -> dict[str, Any] | None:
-        """The index entry of row ``name``, or of the row the alias ``name`` points to."""
+    def _lookup_entry(
+        self, name: str, *, columns: Sequence[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The index entry of row ``name``, or of the row the alias ``name`` points to (at least
+        ``columns`` of it, when given)."""
         if _aliases.is_row_id(name):
-            return self._index.lookup(name)
+            return self._index.lookup(name, columns=columns)
         target = _aliases.resolve(self, name)
         if target is None:  # not an alias either: look it up as given
-            return self._index.lookup(name)
-        entry = self._index.lookup(target)
+            return self._index.lookup(name, columns=columns)
+        entry = self._index.lookup(target, columns=columns)
         if entry is None:
             raise _aliases.dangling(name, target, self.url)
         return entry

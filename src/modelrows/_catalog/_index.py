@@ -122,10 +122,18 @@ def index_schema(file_schema: pa.Schema, weight_columns: Iterable[str]) -> pa.Sc
     return pa.schema([*fields, *EXTRA_FIELDS])
 
 
-def to_parquet(table: pa.Table) -> bytes:
+def to_parquet(table: pa.Table, *, log_entry: bool = False) -> bytes:
+    """Parquet bytes of index rows: segments zstd-compressed; log entries (a few rows, read once
+    by each reader until compaction folds them) plain, which makes writing one a third as
+    costly (zstd's set-up per column dominates a one-row file)."""
     sink = io.BytesIO()
     pq.write_table(
-        table, sink, row_group_size=_ROW_GROUP, compression="zstd", write_statistics=["row_id"]
+        table,
+        sink,
+        row_group_size=_ROW_GROUP,
+        compression="none" if log_entry else "zstd",
+        use_dictionary=not log_entry,
+        write_statistics=["row_id"],
     )
     return sink.getvalue()
 
@@ -264,6 +272,10 @@ class Index:
         """One index file, its bytes checked against the hash in its name, then opened.
         pq.ParquetFile, not pq.read_table, which imports pyarrow.dataset (and with it pandas,
         where installed: seconds of start-up for a command that reads a few kilobytes)."""
+        return pq.ParquetFile(pa.BufferReader(self._checked_bytes(key)))
+
+    def _checked_bytes(self, key: str) -> bytes:
+        """The bytes of one index file, checked against the hash in its name."""
         path = self.store.local_path(key)
         data = path.read_bytes() if path is not None else self.store.get(key)
         expected = _hash_in_name(key)
@@ -273,7 +285,7 @@ class Index:
                 "hash in its name); rebuild the index with catalog.reindex() (or `modelrows "
                 "reindex`)"
             )
-        return pq.ParquetFile(pa.BufferReader(data))
+        return data
 
     def _conform(self, table: pa.Table, key: str) -> pa.Table:
         if key.endswith(".del.parquet"):
@@ -396,16 +408,30 @@ class Index:
                 "catalog.reindex() (or `modelrows reindex`)"
             )
 
-    def lookup(self, row_id: str) -> dict[str, Any] | None:
-        """The index row of ``row_id``, reading only what can hold it (not every segment row)."""
+    def count(self) -> int | None:
+        """The number of live rows when the newest manifest describes them all (every log entry
+        present is one it covers), read from the manifest alone; None otherwise."""
         for _ in range(_RETRIES):
             try:
-                return self._lookup(row_id)
+                manifest, log = self._manifest_and_log()
             except StaleRead:
                 continue
+            if any(key[len(LOG) :] not in manifest.covered for key in log):
+                return None
+            try:  # the segments are checked as every read checks them, not parsed
+                for key in manifest.segments:
+                    with self._lock:
+                        cached = key in self._cache
+                    if not cached:
+                        self._checked_bytes(key)
+            except FileNotFoundError:
+                continue  # a compaction moved on: read again
+            return manifest.rows
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
-    def _lookup(self, row_id: str) -> dict[str, Any] | None:
+    def _manifest_and_log(self) -> tuple[Manifest, list[str]]:
+        """The newest manifest and the log as present with it (StaleRead if a newer manifest
+        appeared meanwhile)."""
         found = self.manifests()
         if not found:
             raise self._no_index()
@@ -414,6 +440,20 @@ class Index:
         again = self.manifests()
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
+        return manifest, log
+
+    def lookup(self, row_id: str, *, columns: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """The index row of ``row_id`` (at least ``columns`` of it, when given), reading only
+        what can hold it: not every segment row, nor every column."""
+        for _ in range(_RETRIES):
+            try:
+                return self._lookup(row_id, columns)
+            except StaleRead:
+                continue
+        raise CatalogError(f"{self.store.url}: the index kept changing while being read")
+
+    def _lookup(self, row_id: str, columns: Sequence[str] | None) -> dict[str, Any] | None:
+        manifest, log = self._manifest_and_log()
         if row_id in manifest.deleted:
             return None
         hit: dict[str, Any] | None = None
@@ -433,7 +473,7 @@ class Index:
             return hit
         for key in manifest.segments:
             try:
-                rows = self._segment_rows(key, row_id)
+                rows = self._segment_rows(key, row_id, columns)
             except StaleRead:
                 self._check_still_newest(manifest, key)
                 raise
@@ -442,11 +482,12 @@ class Index:
                 return first
         return None
 
-    def _segment_rows(self, key: str, row_id: str) -> pa.Table:
+    def _segment_rows(self, key: str, row_id: str, columns: Sequence[str] | None) -> pa.Table:
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached.filter(pc.equal(cached.column("row_id"), row_id))
+        names = None if columns is None else list(dict.fromkeys(["row_id", *columns]))
         try:
             pf = self._open_parquet(key)
             column = pf.schema_arrow.get_field_index("row_id")
@@ -456,14 +497,17 @@ class Index:
                 if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
                     groups.append(i)
             table = (
-                pf.read_row_groups(groups)
+                pf.read_row_groups(groups, columns=names)
                 if groups
                 else pa.Table.from_batches([], schema=pf.schema_arrow)
             )
             table = table.filter(pc.equal(table.column("row_id"), row_id))
+            if names is not None:  # only these columns, conformed to the catalog's types
+                schema = pa.schema([self.schema.field(n) for n in names])
+                return table.select(names).cast(schema)
         except FileNotFoundError:
             raise StaleRead(key) from None
-        except (pa.ArrowException, OSError, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
             raise CatalogError(
                 f"{self.store.url}/{key}: the index file cannot be read ({exc}); rebuild the "
                 "index with catalog.reindex() (or `modelrows reindex`)"
@@ -473,7 +517,7 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
-        data = to_parquet(rows)
+        data = to_parquet(rows, log_entry=True)
         key = f"{LOG}{first_id}.{_digest(data)}.add.parquet"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
@@ -481,7 +525,7 @@ class Index:
     def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
         """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
         table = pa.table({"row_id": pa.array(sorted(row_ids), pa.string())})
-        data = to_parquet(table)
+        data = to_parquet(table, log_entry=True)
         key = f"{LOG}{new_id()}.{_digest(data)}.del.parquet"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already")  # pragma: no cover
