@@ -425,7 +425,8 @@ class Index:
                     if not cached:
                         self._checked_bytes(key)
             except FileNotFoundError:
-                continue  # a compaction moved on: read again
+                self._check_still_newest(manifest, key)  # else a compaction moved on: read again
+                continue
             return manifest.rows
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
