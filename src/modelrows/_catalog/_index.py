@@ -425,8 +425,8 @@ class Index:
                     if not cached:
                         self._checked_bytes(key)
             except FileNotFoundError:
-                self._check_still_newest(manifest, key)  # else a compaction moved on: read again
-                continue
+                self._check_still_newest(manifest, key)  # damage, unless a compaction moved on
+                continue  # a compaction moved on: read again
             return manifest.rows
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
