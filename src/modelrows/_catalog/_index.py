@@ -561,7 +561,7 @@ class Index:
                         self.store.delete(key)
             raise StorageError(
                 f"compacting the index of {self.store.url} failed at step {exc.step!r} of "
-                f"{exc.path}: {exc.__cause__}. "
+                f"{exc.path}: {exc.__cause__ or exc}. "
                 + (
                     "The compacted index is published but may not be durable yet."
                     if published
