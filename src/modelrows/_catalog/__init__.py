@@ -612,7 +612,9 @@ class Catalog:
     def __len__(self) -> int:
         self._ensure_index()
         count = self._index.count()  # from the manifest alone, when it describes every row
-        return count if count is not None else int(self._index.snapshot().table.num_rows)
+        if count is None:  # rows in the log: count the ids (one column read)
+            count = self._index.snapshot(columns=[]).table.num_rows
+        return int(count)
 
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
@@ -845,7 +847,8 @@ class Catalog:
         highest (lowest) value, null and NaN never ranking, ties to the smallest row id."""
         import pyarrow.compute as pc
 
-        table = self._snapshot().table
+        self._ensure_index()
+        table = self._index.snapshot(columns=[by]).table  # two columns read, not every one
         values, ids = table.column(by), table.column("row_id")
         keep = pc.is_valid(values)
         if pa.types.is_floating(values.type):
