@@ -666,7 +666,9 @@ class Catalog:
     def __len__(self) -> int:
         self._ensure_index()
         count = self._index.count()  # from the manifest alone, when it describes every row
-        return count if count is not None else int(self._index.snapshot().table.num_rows)
+        if count is None:  # rows in the log: count the ids (one column read)
+            count = self._index.snapshot(columns=[]).table.num_rows
+        return int(count)
 
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
@@ -971,7 +973,8 @@ class Catalog:
         the smallest row id."""
         import pyarrow.compute as pc
 
-        table = self._snapshot().table
+        self._ensure_index()
+        table = self._index.snapshot(columns=[by, PATH]).table  # three columns, not every one
         values, ids, keys = table.column(by), table.column("row_id"), table.column(PATH)
         keep = pc.is_valid(values)
         if pa.types.is_floating(values.type):
