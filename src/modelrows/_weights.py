@@ -535,6 +535,69 @@ def _copy_into(
                 torch.autograd.graph.increment_version(t)
 
 
+def _check_copyable(
+    model: torch.nn.Module,
+    targets: dict[str, torch.Tensor],
+    to_load: list[str],
+    source: dict[str, _Source],
+) -> None:
+    """Raise now what copying ``to_load`` into ``targets`` would raise half-way, after earlier
+    tensors were written: a target torch refuses to write (an expanded view, whose elements
+    share memory; an inference tensor outside inference mode), and each distinct conversion
+    (source dtype to target dtype and device), tried on one element of scratch memory, so a
+    warning the caller made an error (complex to real discards the imaginary part) is raised
+    before any byte of the model changes."""
+    seen: set[int] = set()
+    conversions: dict[tuple[torch.dtype, torch.dtype, torch.device], str] = {}
+    inference_mode = torch.is_inference_mode_enabled()
+    for name in to_load:
+        target = targets[name]
+        if id(target) in seen:
+            continue
+        seen.add(id(target))
+        problem = advice = None
+        if target.layout != torch.strided:
+            problem = f"is a {target.layout} tensor in the model, which dense weights cannot fill"
+            advice = "Load into a model with dense tensors, then convert."
+        elif not target.is_contiguous() and any(
+            size > 1 and stride == 0
+            for size, stride in zip(target.shape, target.stride(), strict=True)
+        ):
+            problem = (
+                "is an expanded view in the model (stride 0 in a dimension of size > 1: several "
+                "of its elements share one memory location), which nothing can be copied into"
+            )
+            advice = (
+                "Give the model a tensor of its own there (e.g. register the buffer as .clone() "
+                "of the expanded one)."
+            )
+        elif target.is_inference() and not inference_mode:
+            problem = (
+                "is an inference tensor (made under torch.inference_mode()), which cannot be "
+                "changed outside inference mode"
+            )
+            advice = "Load inside torch.inference_mode(), or build the model outside it."
+        if problem is not None:
+            raise WeightsError(
+                f"cannot load weights into {type(model).__name__}: {name} {problem}; the model "
+                f"was not changed. {advice}"
+            )
+        src = source[name]
+        if src.dtype != target.dtype:
+            conversions.setdefault((src.dtype, target.dtype, target.device), name)
+    with torch.no_grad():
+        for (src_dtype, dtype, device), name in conversions.items():
+            try:
+                torch.empty(1, dtype=dtype, device=device).copy_(torch.zeros(1, dtype=src_dtype))
+            except RuntimeError as exc:  # (a warning made an error propagates as it is)
+                raise WeightsError(
+                    f"cannot load weights into {type(model).__name__}: {name} cannot be cast "
+                    f"from {dtype_name(src_dtype, tensor=name)} to "
+                    f"{dtype_name(dtype, tensor=name)} on {device} ({exc}); the model was not "
+                    "changed"
+                ) from exc
+
+
 def load_weights(
     model: torch.nn.Module,
     weights: Mapping[str, torch.Tensor],
@@ -546,8 +609,10 @@ def load_weights(
     """Copy ``weights`` into ``model`` in place, onto the model's own devices.
 
     Everything is checked before anything is copied: missing, unexpected, mis-shaped and
-    mis-typed tensors are reported together in one :class:`WeightsMismatchError`, and a failed
-    load leaves the model bit-for-bit unchanged. ``strict=False`` loads what matches and reports
+    mis-typed tensors are reported together in one :class:`WeightsMismatchError`; what only a
+    copy would find (a target torch cannot write, such as an expanded buffer; a cast that fails,
+    or warns where warnings are errors) is tried first on scratch memory. A failed load leaves
+    the model bit-for-bit unchanged. ``strict=False`` loads what matches and reports
     the rest. ``prefix="backbone."`` loads the tensors under that prefix into a sub-module.
     ``cast=True`` converts dtypes that differ (otherwise an error: no silent lossy cast).
     Tensors tied in the weights but not in the model are tied again in the model.
@@ -629,12 +694,18 @@ def load_weights(
         if isinstance(targets[owner], torch.nn.Parameter) and isinstance(
             targets[name], torch.nn.Parameter
         ):
-            module, leaf = _owner_module(model, name)
-            setattr(module, leaf, targets[owner])
-            targets[name] = targets[owner]
             retied.append((name, owner))
+    final = dict(targets)
+    for name, owner in retied:
+        final[name] = targets[owner]
 
-    _copy_into(targets, to_load, weights, names, source)
+    # What only the copy would find out: checked here, before the model changes at all.
+    _check_copyable(model, final, to_load, source)
+    for name, owner in retied:
+        module, leaf = _owner_module(model, name)
+        setattr(module, leaf, targets[owner])
+
+    _copy_into(final, to_load, weights, names, source)
     return LoadReport(
         loaded=to_load,
         missing=missing,
