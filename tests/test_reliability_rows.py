@@ -6,16 +6,24 @@ Figures these tests reach are in docs/reliability.md ("Rows: whole-row integrity
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pytest
 import torch
 import torch.nn as nn
 
 from modelrows import (
+    Catalog,
+    ModelRowsError,
     ModelV1,
+    Row,
     Weights,
     WeightsError,
     fetch_weights,
@@ -23,6 +31,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
+from modelrows import _rowfile as rowfile
 
 # -- 1. loads that fail half-way leave the model untouched ------------------------------------------
 
@@ -148,3 +157,115 @@ def test_a_load_into_inference_tensors_outside_inference_mode_changes_nothing(
     with torch.inference_mode():
         assert load_weights(model, weights).complete
     assert torch.equal(model.last.table, weights["last.table"])
+
+
+# -- 2. the values checksum covers every value of a row -------------------------------------------
+
+
+class _EvalRowV1(ModelV1, schema="rel17.eval", version=1):
+    run: str
+    epoch: int
+    accuracy: float
+    note: str | None = None
+    tags: list[str]
+
+
+def _catalog_row_file(tmp_path: Path) -> tuple[Catalog, str, Path]:
+    catalog = Catalog.create(tmp_path / "catalog", _EvalRowV1, partition_by=["run"])
+    weights = Weights({"w": torch.arange(4, dtype=torch.float32).reshape(2, 2)})
+    row = _EvalRowV1(
+        weights=weights, run="r", epoch=12345, accuracy=0.8125, note="n", tags=["a", "bc"]
+    )
+    row_id = catalog.append(row, fsync=False)
+    return catalog, row_id, catalog.path_of(row_id)
+
+
+def _tensor_bytes(raw: bytes) -> range:
+    """Where the tensor bytes of a row file lie (its one tensor: no padding inside the range)."""
+    buf = pa.py_buffer(raw)
+    batch = ipc.open_file(pa.BufferReader(buf)).get_batch(0)
+    weights = batch.column("weights")
+    data = weights.field("data")
+    offsets = np.frombuffer(data.buffers()[1], dtype="<i8")
+    start = data.buffers()[2].address - buf.address + int(offsets[data.offset])
+    [tensor] = weights.field("tensors")[0].as_py()
+    return range(start + tensor["offset"], start + tensor["offset"] + tensor["nbytes"])
+
+
+def _values(row: Row) -> tuple[Any, ...]:
+    """Everything a reader takes from a row: class, schema, values, extras, tensors."""
+    values = row.to_dict()
+    weights = values.pop("weights")
+    tensors = {k: t.clone() for k, t in weights.items()}
+    return type(row), row.declared_schema, values, row.extras, tensors
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    ta, tb = a[-1], b[-1]
+    if a[:-1] != b[:-1] or list(ta) != list(tb):
+        return False
+    return all(
+        ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape and torch.equal(ta[k], tb[k])
+        for k in ta
+    )
+
+
+def _classify(raw: bytes, original: tuple[Any, ...]) -> str:
+    """``caught`` (verify=True raises), ``harmless`` (reads back the same), or ``missed``."""
+    try:
+        row = read_model_row(raw, verify=True, where="mutant")
+    except ModelRowsError:
+        return "caught"
+    return "harmless" if _same(_values(row), original) else "missed"
+
+
+MUTATIONS = (0x01, 0x80, 0xFF)  # xor masks: the low bit, the high bit, every bit
+
+
+def test_every_single_byte_mutation_that_changes_a_value_is_caught_by_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, row_id, path = _catalog_row_file(tmp_path)
+    raw = path.read_bytes()
+    original = _values(read_model_row(raw, verify=True))
+    tensors = _tensor_bytes(raw)
+    positions = [i for i in range(len(raw)) if i not in tensors]
+    outcomes: dict[str, int] = {"caught": 0, "harmless": 0, "missed": 0}
+    changed_values: list[tuple[int, int]] = []  # mutations that change a value
+    for i in positions:
+        for mask in MUTATIONS:
+            mutant = bytearray(raw)
+            mutant[i] ^= mask
+            outcome = _classify(bytes(mutant), original)
+            outcomes[outcome] += 1
+            if outcome == "caught":
+                with monkeypatch.context() as m:  # without the values checksum (format 1)?
+                    m.setattr(rowfile, "verify_values", lambda batch, *, where: None)
+                    if _classify(bytes(mutant), original) == "missed":
+                        changed_values.append((i, mask))
+    tried = sum(outcomes.values())
+    print(
+        f"\n{len(raw)}-byte row file, {len(positions)} bytes outside the tensors x "
+        f"{len(MUTATIONS)} masks = {tried} mutations: {outcomes['caught']} caught, "
+        f"{outcomes['harmless']} harmless, {outcomes['missed']} missed; "
+        f"{len(changed_values)} of the caught ones change a value that only the values "
+        "checksum catches"
+    )
+    assert outcomes["missed"] == 0
+    assert tried == len(positions) * len(MUTATIONS)
+    assert len(changed_values) > 50  # the test sees what it guards against
+
+    # the same damage in place, keeping the file's size and times: the catalog catches it too
+    stat = path.stat()
+    for i, mask in changed_values:
+        mutant = bytearray(raw)
+        mutant[i] ^= mask
+        path.write_bytes(mutant)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert path.stat().st_size == stat.st_size
+        assert path.stat().st_mtime_ns == stat.st_mtime_ns
+        with pytest.raises(ModelRowsError):
+            catalog.get(row_id, verify=True)
+        assert [bad.row_id for bad in catalog.verify()] == [row_id], (i, mask)
+    path.write_bytes(raw)
+    assert catalog.verify() == []

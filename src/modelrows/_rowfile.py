@@ -40,22 +40,29 @@ from ._format import (
     MANAGED_COLUMNS,
     METADATA_FORMAT_KEY,
     METADATA_SCHEMA_KEY,
+    METADATA_VALUES_KEY,
+    VALUES_CHECKSUM_SINCE,
     WRITE_ALIGN,
     is_weights_type,
 )
 from ._ipcguard import check_row_file
 from ._linux import FALLOCATE
 from ._schema import Row, nearest_declared
+from ._values import batch_columns
+from ._values import values_checksum as _values_checksum
 from ._weights import Weights
 
 __all__ = [
     "RowCountError",
     "decode_row",
+    "format_version",
     "prepare_row_file",
     "read_model_row",
     "read_row_file",
     "read_row_metadata",
     "row_batch",
+    "verify_row",
+    "verify_values",
     "write_model_row",
 ]
 
@@ -159,11 +166,14 @@ def row_batch(
     *,
     managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
     plans: dict[str, BlobPlan] | None = None,
+    values_checksum: list[str] | None = None,
 ) -> pa.RecordBatch:
     """The one-row record batch of ``row``; ``managed`` adds columns (row_id ...) at the front.
 
     With ``plans``, each weights column gets one (position 0 unless given) and its blob is left to
-    the plan's stream; without, weights blobs are built in memory."""
+    the plan's stream; without, weights blobs are built in memory. The schema metadata holds the
+    row's values checksum; ``values_checksum``, a list, keeps it between calls (computed when
+    empty, taken from it otherwise)."""
     cls = type(row)
     undeclared = [k for k in row._extras if k not in MANAGED_COLUMNS]
     if undeclared:
@@ -186,7 +196,15 @@ def row_batch(
         else:
             arrays.append(ftype.to_arrow([value]))
         fields.append(f)
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+    meta = dict(schema.metadata)
+    if not values_checksum:
+        qualified = meta[METADATA_SCHEMA_KEY.encode()].decode("utf-8")
+        computed = _values_checksum(qualified, zip(fields, arrays, strict=True))
+        if values_checksum is None:
+            values_checksum = []
+        values_checksum.append(computed)
+    meta[METADATA_VALUES_KEY.encode()] = values_checksum[0].encode("ascii")
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
 _PREALLOCATE_FROM = 1 << 20
@@ -271,7 +289,12 @@ def row_writer(
 
     def write(f: IO[bytes]) -> None:
         layout = (type(row), tuple(managed or ()))
-        _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f, layout=layout)
+        checksum: list[str] = []  # the values checksum, computed once: plans don't change it
+
+        def build(plans: dict[str, BlobPlan]) -> pa.RecordBatch:
+            return row_batch(row, managed=managed, plans=plans, values_checksum=checksum)
+
+        _serialize(build, f, layout=layout)
 
     return write
 
@@ -403,20 +426,59 @@ def schema_identifier(schema: pa.Schema, *, where: str) -> str:
         raise UnknownSchemaError(
             f"{where}: {METADATA_SCHEMA_KEY!r} metadata is not UTF-8 text"
         ) from None
-    fmt = meta.get(METADATA_FORMAT_KEY.encode())
-    if fmt is not None:
-        try:
-            version = int(fmt.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise UnknownSchemaError(
-                f"{where}: {METADATA_FORMAT_KEY!r} metadata {fmt!r} is not a whole number"
-            ) from None
-        if version > FORMAT_VERSION:
-            raise UnknownSchemaError(
-                f"{where}: written in modelrows format version {version}; this modelrows reads "
-                f"up to {FORMAT_VERSION}. Upgrade modelrows to read it."
-            )
+    format_version(schema, where=where)
     return str(qualified)
+
+
+def format_version(schema: pa.Schema, *, where: str) -> int | None:
+    """The format version in ``schema``'s metadata (None without one: another writer's file);
+    refuses a malformed one and one newer than this modelrows reads."""
+    fmt = (schema.metadata or {}).get(METADATA_FORMAT_KEY.encode())
+    if fmt is None:
+        return None
+    try:
+        version = int(fmt.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise UnknownSchemaError(
+            f"{where}: {METADATA_FORMAT_KEY!r} metadata {fmt!r} is not a whole number"
+        ) from None
+    if version > FORMAT_VERSION:
+        raise UnknownSchemaError(
+            f"{where}: written in modelrows format version {version}; this modelrows reads "
+            f"up to {FORMAT_VERSION}. Upgrade modelrows to read it."
+        )
+    return version
+
+
+def verify_values(batch: pa.RecordBatch, *, where: str) -> None:
+    """Raise CorruptRowError if the row's values (every column but its tensors, and its schema
+    identifier) no longer match the values checksum stored with them (format version 2 on;
+    files of version 1 and other writers' files have none, and pass)."""
+    version = format_version(batch.schema, where=where)
+    if version is None or version < VALUES_CHECKSUM_SINCE:
+        return
+    meta = batch.schema.metadata
+    stored = meta.get(METADATA_VALUES_KEY.encode())
+    if stored is None:
+        raise CorruptRowError(
+            f"{where}: written in format version {version}, which stores a values checksum, but "
+            f"its {METADATA_VALUES_KEY!r} metadata is missing; the file is corrupt",
+            path=where,
+        )
+    qualified = schema_identifier(batch.schema, where=where)
+    try:
+        computed = _values_checksum(qualified, batch_columns(batch))
+    except (ArithmeticError, LookupError, TypeError, ValueError, pa.ArrowException) as exc:
+        raise CorruptRowError(
+            f"{where}: its values cannot be checksummed ({exc}); the file is corrupt", path=where
+        ) from exc
+    if stored != computed.encode("ascii"):
+        raise CorruptRowError(
+            f"{where}: values checksum mismatch: stored {stored.decode('ascii', 'replace')}, "
+            f"computed {computed}; a value other than the tensors (a column, its name, or the "
+            "schema identifier) is corrupt",
+            path=where,
+        )
 
 
 def decode_row(
@@ -460,8 +522,11 @@ def _decode_column(
     return column[index].as_py()
 
 
-def verify_row(row: Row, *, where: str) -> None:
-    """Raise CorruptRowError if any weights of ``row`` no longer match their stored checksum."""
+def verify_row(row: Row, *, where: str, batch: pa.RecordBatch | None = None) -> None:
+    """Raise CorruptRowError if any weights of ``row`` no longer match their stored checksum,
+    or, given the ``batch`` it was decoded from, its values their values checksum."""
+    if batch is not None:
+        verify_values(batch, where=where)
     for name, value in [*row._values().items(), *row._extras.items()]:
         if isinstance(value, Weights) and not value.verify():
             raise CorruptRowError(
@@ -481,8 +546,9 @@ def read_model_row(source: RowSource, *, verify: bool = False, where: str | None
     built when first asked for, so reading a row and its other columns imports no torch. If the
     file's schema is not declared in this process, the nearest declared ancestor in its qualified
     chain is returned, with the other columns in ``row.extras`` and the file's identifier in
-    ``row.declared_schema``. ``verify=True`` also recomputes the checksum of every tensor byte.
-    ``where`` names the file in error messages (default: its path).
+    ``row.declared_schema``. ``verify=True`` also recomputes the checksum of every tensor byte
+    and (format version 2 on) the values checksum of every other value. ``where`` names the file
+    in error messages (default: its path).
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, write_model_row
@@ -494,7 +560,7 @@ def read_model_row(source: RowSource, *, verify: bool = False, where: str | None
     batch, ctx = read_row_file(source, where=where)
     row = decode_row(batch, 0, ctx)
     if verify:
-        verify_row(row, where=ctx.where)
+        verify_row(row, where=ctx.where, batch=batch)
     return row
 
 

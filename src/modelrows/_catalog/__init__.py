@@ -659,7 +659,7 @@ class Catalog:
         self._check_belongs(batch, row_id, path)
         row = decode_row(batch, 0, ctx)
         if verify:
-            verify_row(row, where=ctx.where)
+            verify_row(row, where=ctx.where, batch=batch)
         return row
 
     def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
@@ -962,7 +962,7 @@ class Catalog:
             batch, ctx = read_row_file(path)
             self._check_belongs(batch, row_id, path)
             if verify:
-                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
+                verify_row(decode_row(batch, 0, ctx), where=ctx.where, batch=batch)
         except FileNotFoundError:
             return RowFileError, f"{path}: the row file is missing (removed by hand?)"
         except ModelRowsError as exc:
