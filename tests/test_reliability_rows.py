@@ -7,6 +7,9 @@ Figures these tests reach are in docs/reliability.md ("Rows: whole-row integrity
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from modelrows import (
     ModelRowsError,
     ModelV1,
     Row,
+    RowFileError,
     Weights,
     WeightsError,
     fetch_weights,
@@ -269,3 +273,83 @@ def test_every_single_byte_mutation_that_changes_a_value_is_caught_by_verify(
         assert [bad.row_id for bad in catalog.verify()] == [row_id], (i, mask)
     path.write_bytes(raw)
     assert catalog.verify() == []
+
+
+# -- 3. a file truncated under a reader: mmap=False copies; the default mapping gets SIGBUS -------
+
+
+def _big_row(path: Path) -> Weights:
+    weights = Weights({"a": torch.randn(256, 1024), "b": torch.randn(1024)})  # 1 MB
+    write_model_row(path, ModelV1(weights=weights, architecture_version=3), fsync=False)
+    return weights
+
+
+def test_a_row_read_with_mmap_false_survives_its_file_being_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "shared.model.arrow"
+    written = _big_row(path)
+    row = read_model_row(path, mmap=False)
+    os.truncate(path, 0)  # another program rewrites the file in place
+    assert row.weights == written  # every tensor byte, read after the truncation
+    assert row.weights.verify()
+    assert row.architecture_version == 3
+    # and through a catalog, with verify=True, truncated between the read and the load
+    catalog = Catalog.create(tmp_path / "catalog", ModelV1)
+    row_id = catalog.append(ModelV1(weights=written), fsync=False)
+    got = catalog.get(row_id, verify=True, mmap=False)
+    os.truncate(catalog.path_of(row_id), 100)
+    model = nn.Module()
+    model.a = nn.Parameter(torch.zeros(256, 1024))
+    model.b = nn.Parameter(torch.zeros(1024))
+    assert load_weights(model, got.weights).complete
+    assert torch.equal(model.a, written["a"]) and torch.equal(model.b, written["b"])
+
+
+def test_a_file_that_shrinks_while_being_copied_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.model.arrow"
+    _big_row(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        os.truncate(path, size // 2)
+        with pytest.raises(RowFileError) as info:
+            rowfile._read_copy(fd, size, str(path))
+    finally:
+        os.close(fd)
+    assert str(info.value) == (
+        f"{path}: the file shrank from {size} to {size // 2} bytes while it was read; is another "
+        "program rewriting it in place?"
+    )
+
+
+_TOUCH_AFTER_TRUNCATE = """
+import os, sys
+from modelrows import read_model_row
+path = sys.argv[1]
+row = read_model_row(path, mmap=sys.argv[2] == "map")
+os.truncate(path, 0)
+print("truncated", flush=True)
+print(float(row.weights["a"].sum()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["map", "copy"])
+def test_the_default_mapping_gets_sigbus_when_its_file_is_truncated(
+    tmp_path: Path, mode: str
+) -> None:
+    """The documented limit of mapping (docs/reliability.md), shown in a child process."""
+    path = tmp_path / "m.model.arrow"
+    _big_row(path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("PYTHONFAULTHANDLER", None)
+    child = subprocess.run(
+        [sys.executable, "-c", _TOUCH_AFTER_TRUNCATE, str(path), mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert child.stdout.startswith("truncated\n")
+    if mode == "map":
+        assert child.returncode == -signal.SIGBUS, (child.returncode, child.stderr)
+    else:
+        assert child.returncode == 0, child.stderr

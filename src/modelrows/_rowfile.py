@@ -10,7 +10,7 @@ weights build their tensors when first asked for.
 from __future__ import annotations
 
 import contextlib
-import mmap
+import mmap as _mmap
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -318,8 +318,10 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def _map(path: Path) -> mmap.mmap:
-    """The file at ``path`` mapped privately (copy-on-write), if it can be a row file."""
+def _map(path: Path, *, copy: bool = False) -> _mmap.mmap:
+    """The file at ``path`` mapped privately (copy-on-write), if it can be a row file; with
+    ``copy``, its bytes read into anonymous memory instead (page-aligned like a mapping, so
+    tensors stay aligned), which nothing done to the file afterwards can reach."""
     where = str(path)
     try:  # O_NONBLOCK: opening a FIFO named like a row file must not wait for a writer
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -340,14 +342,38 @@ def _map(path: Path) -> mmap.mmap:
             raise NotArrowFileError(
                 f"{where}: {mode.st_size} bytes is too short to be an Arrow IPC file", path=where
             )
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        if copy:
+            return _read_copy(fd, mode.st_size, where)
+        return _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
     except (OSError, ValueError) as exc:
         raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
     finally:
         os.close(fd)
 
 
-def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buffer, str]:
+def _read_copy(fd: int, size: int, where: str) -> _mmap.mmap:
+    """``size`` bytes of the file ``fd`` read into a fresh anonymous mapping."""
+    memory = _mmap.mmap(-1, size)
+    view = memoryview(memory)
+    try:
+        done = 0
+        while done < size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                raise RowFileError(
+                    f"{where}: the file shrank from {size} to {done} bytes while it was read; is "
+                    "another program rewriting it in place?",
+                    path=where,
+                )
+            done += n
+    finally:
+        view.release()
+    return memory
+
+
+def _row_bytes(
+    source: RowSource, where: str | None, *, mmap: bool = True
+) -> tuple[np.ndarray, pa.Buffer, str]:
     """The bytes of a row file (mapped, or the caller's buffer, not copied) as a uint8 array and
     a pyarrow buffer, checked as far as ipcguard goes, and the name errors give it."""
     if isinstance(source, bytes | bytearray | memoryview | pa.Buffer):
@@ -364,10 +390,10 @@ def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buf
             raise NotArrowFileError(
                 f"{where}: {raw.size} bytes is too short to be an Arrow IPC file", path=where
             )
-        owner: mmap.mmap | None = None
+        owner: _mmap.mmap | None = None
     else:
         where = where or str(source)
-        owner = _map(Path(source))
+        owner = _map(Path(source), copy=not mmap)
         raw = np.frombuffer(owner, dtype=np.uint8)
         buf = pa.py_buffer(owner)
     head, tail = bytes(raw[: len(MAGIC)]), bytes(raw[-len(MAGIC) :])
@@ -387,16 +413,16 @@ def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buf
 
 
 def read_row_file(
-    source: RowSource, *, where: str | None = None
+    source: RowSource, *, where: str | None = None, mmap: bool = True
 ) -> tuple[pa.RecordBatch, DecodeContext]:
     """Open a one-row Arrow IPC file, check its structure, and return its batch (zero-copy).
 
-    ``source`` is a path (mapped privately) or the file's bytes in memory (viewed, not copied).
-    The footer and the batch header are checked before pyarrow reads them (ipcguard), then
-    pyarrow validates the whole batch; no tensor byte is read. ``where`` names the file in
-    errors (default: the path).
+    ``source`` is a path (mapped privately; with ``mmap=False``, read into memory) or the file's
+    bytes in memory (viewed, not copied). The footer and the batch header are checked before
+    pyarrow reads them (ipcguard), then pyarrow validates the whole batch; no tensor byte is
+    read. ``where`` names the file in errors (default: the path).
     """
-    raw, buf, where = _row_bytes(source, where)
+    raw, buf, where = _row_bytes(source, where, mmap=mmap)
     try:
         reader = ipc.open_file(pa.BufferReader(buf))
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -536,7 +562,9 @@ def verify_row(row: Row, *, where: str, batch: pa.RecordBatch | None = None) -> 
             )
 
 
-def read_model_row(source: RowSource, *, verify: bool = False, where: str | None = None) -> Row:
+def read_model_row(
+    source: RowSource, *, verify: bool = False, where: str | None = None, mmap: bool = True
+) -> Row:
     """Read the one row of a row file as an instance of its declared class.
 
     ``source`` is the file's path, or its bytes already in memory (``bytes``, ``bytearray``,
@@ -550,6 +578,12 @@ def read_model_row(source: RowSource, *, verify: bool = False, where: str | None
     and (format version 2 on) the values checksum of every other value. ``where`` names the file
     in error messages (default: its path).
 
+    ``mmap=False`` reads the file into memory instead of mapping it (one copy, the file's size
+    in RAM). Use it where another program may truncate or rewrite the file in place while the
+    row is in use (shared or network file systems, files not written by modelrows): a mapped
+    file's pages are read when first touched, and touching a page that a truncation removed
+    kills the process with SIGBUS. A copy is never affected by what happens to the file.
+
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, write_model_row
     >>> path = tempfile.mkdtemp() + "/m.model.arrow"
@@ -557,18 +591,20 @@ def read_model_row(source: RowSource, *, verify: bool = False, where: str | None
     >>> read_model_row(path).weights["weight"].shape
     torch.Size([3, 2])
     """
-    batch, ctx = read_row_file(source, where=where)
+    batch, ctx = read_row_file(source, where=where, mmap=mmap)
     row = decode_row(batch, 0, ctx)
     if verify:
         verify_row(row, where=ctx.where, batch=batch)
     return row
 
 
-def read_row_metadata(source: RowSource, *, where: str | None = None) -> dict[str, Any]:
+def read_row_metadata(
+    source: RowSource, *, where: str | None = None, mmap: bool = True
+) -> dict[str, Any]:
     """Every column of a row file but its tensors, as plain Python values, without torch.
 
-    ``source`` and the checks are as for :func:`read_model_row` (the file's structure, and that
-    its format version is one this modelrows reads), but no row class need be declared: values
+    ``source``, ``mmap`` and the checks are as for :func:`read_model_row` (the file's structure,
+    and that its format version is one this modelrows reads), but no row class need be declared: values
     come as pyarrow's ``as_py()`` gives them (a nested row as a dict, a timestamp as an aware
     datetime). A catalog's row file includes ``row_id`` and ``written_at``. A weights column
     gives its stored checksum (``"xxh3-64:..."``; None if null); no tensor byte is read.
@@ -581,7 +617,7 @@ def read_row_metadata(source: RowSource, *, where: str | None = None) -> dict[st
     >>> meta["architecture_version"], meta["weights"].startswith("xxh3-64:")
     (4, True)
     """
-    batch, ctx = read_row_file(source, where=where)
+    batch, ctx = read_row_file(source, where=where, mmap=mmap)
     where = ctx.where
     qualified = schema_identifier(batch.schema, where=where)
     try:

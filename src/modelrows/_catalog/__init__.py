@@ -628,14 +628,15 @@ class Catalog:
         path = self.store.local_path(key)
         return path if path is not None else Path(f"{self.url}/{key}")
 
-    def get(self, row_id: str, *, verify: bool = False) -> Row:
+    def get(self, row_id: str, *, verify: bool = False, mmap: bool = True) -> Row:
         """One row by id, weights zero-copy; reads the index entry and opens exactly one file.
+        ``mmap=False`` reads the file into memory instead (see :func:`read_model_row`).
 
         The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
         """
-        return self._read(row_id, self._entry(row_id)[PATH], verify=verify)
+        return self._read(row_id, self._entry(row_id)[PATH], verify=verify, mmap=mmap)
 
-    def _read(self, row_id: str, key: str, *, verify: bool) -> Row:
+    def _read(self, row_id: str, key: str, *, verify: bool, mmap: bool = True) -> Row:
         """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
         catalog's columns and the row its name says, checked as every read is."""
         path = self.store.local_path(key)
@@ -655,7 +656,7 @@ class Catalog:
                 "follows links (remove it, and run catalog.reindex())",
                 path=str(path),
             )
-        batch, ctx = read_row_file(path)
+        batch, ctx = read_row_file(path, mmap=mmap)
         self._check_belongs(batch, row_id, path)
         row = decode_row(batch, 0, ctx)
         if verify:
