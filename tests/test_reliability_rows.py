@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import warnings
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 from modelrows import (
     Catalog,
+    CorruptRowError,
     ModelRowsError,
     ModelV1,
     Row,
@@ -353,3 +355,47 @@ def test_the_default_mapping_gets_sigbus_when_its_file_is_truncated(
         assert child.returncode == -signal.SIGBUS, (child.returncode, child.stderr)
     else:
         assert child.returncode == 0, child.stderr
+
+
+# -- 4. damage in place that keeps size and times: nothing remembered hides it ---------------------
+
+
+def _poke(path: Path, position: int, mask: int) -> None:
+    """Flip bits of one byte in place (same inode, same size), then restore the file's times."""
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(position)
+        byte = f.read(1)[0]
+        f.seek(position)
+        f.write(bytes([byte ^ mask]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def test_a_row_file_damaged_in_place_keeping_size_and_mtime_is_caught(tmp_path: Path) -> None:
+    catalog, row_id, path = _catalog_row_file(tmp_path)
+    raw = path.read_bytes()
+    # read and verified once first: whatever a reader might remember of the file is there now
+    assert catalog.get(row_id, verify=True).epoch == 12345
+    assert catalog.verify() == []
+    damages = {
+        "a tensor byte": (_tensor_bytes(raw).start + 5, "checksum mismatch in column 'weights'"),
+        "the epoch": (raw.index(struct.pack("<q", 12345)), "values checksum mismatch"),
+    }
+    for what, (position, problem) in damages.items():
+        _poke(path, position, 0x10)
+        assert catalog.sql("SELECT epoch FROM models").fetchall() == [(12345,)]  # the index
+        with pytest.raises(CorruptRowError) as info:
+            catalog.get(row_id, verify=True)
+        assert str(info.value).startswith(f"{path}: {problem}"), what
+        bad = catalog.verify()
+        assert [(b.row_id, b.path) for b in bad] == [(row_id, path)], what
+        assert bad[0].problem.startswith(f"{path}: {problem}"), what
+        _poke(path, position, 0x10)  # repaired: clean again
+        assert catalog.verify() == []
+        assert catalog.get(row_id, verify=True).epoch == 12345
