@@ -246,7 +246,7 @@ def test_every_single_byte_mutation_that_changes_a_value_is_caught_by_verify(
             outcomes[outcome] += 1
             if outcome == "caught":
                 with monkeypatch.context() as m:  # without the values checksum (format 1)?
-                    m.setattr(rowfile, "verify_values", lambda batch, *, where: None)
+                    m.setattr(rowfile, "verify_values", lambda batch, *, where: None, raising=False)
                     if _classify(bytes(mutant), original) == "missed":
                         changed_values.append((i, mask))
     tried = sum(outcomes.values())
