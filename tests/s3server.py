@@ -10,7 +10,9 @@ What the layer adds to moto (each is what Amazon S3 does and moto 5 does not, or
   the layer rewrites ``Initiated`` with the time it saw ``CreateMultipartUpload`` succeed.
 - Faults, armed by a test: answer the next N matching requests with an error status (503
   ``SlowDown``, 500, 412, 409 ...) without running them, or run them and lose the answer
-  (the client sees a 500 although the write happened).
+  (the client sees a 500 although the write happened), or stop the whole server when one
+  arrives (before or after running it), as a crash of the server in the middle of a client's
+  work.
 - With ``fast_ranges`` (the benchmark's server, not the tests'), a ranged GET reads only its
   range of the stored bytes, as S3 does; moto reads the whole object for every range, which
   makes any parallel ranged reader look slow.
@@ -77,6 +79,7 @@ class _Rule:
     status: int
     code: str
     lose: bool  # run the request, then answer the error instead of its response
+    stop: bool = False  # stop the server (after running the request if ``lose``); no answer
 
 
 @dataclass
@@ -104,6 +107,12 @@ class Faults:
         """The next ``times`` matching requests run, but the client gets ``status`` instead."""
         with self.lock:
             self.rules.append(_Rule(match, times, status, "InternalError", lose=True))
+
+    def stop_server(self, match: Callable[[Request], bool], *, after: bool = False) -> None:
+        """The server stops when a request matching ``match`` arrives, before running it (or,
+        with ``after``, once it ran): its connection, and every other, is cut unanswered."""
+        with self.lock:
+            self.rules.append(_Rule(match, 1, 0, "", lose=after, stop=True))
 
     def clear(self) -> None:
         with self.lock:
@@ -167,6 +176,7 @@ class _Layer:
         self.started: dict[str, float] = {}  # upload id -> when CreateMultipartUpload succeeded
         self.count_lock = threading.Lock()
         self.requests: list[Request] = []
+        self.on_stop: Callable[[], None] = lambda: None  # the server's stop(), for stop rules
 
     def _call(self, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: dict[str, Any] = {}
@@ -201,6 +211,13 @@ class _Layer:
         with self.count_lock:
             self.requests.append(request)
         rule = self.faults.take(request)
+        if rule is not None and rule.stop:
+            if rule.lose:
+                self._call(environ)
+            else:
+                _drain(environ)
+            self.on_stop()  # cuts this connection too: the client gets no answer
+            return []
         if rule is not None and not rule.lose:
             _drain(environ)
             return self._reply(start_response, rule.status, rule.code)
@@ -329,6 +346,9 @@ class S3TestServer:
         self.port = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()  # set while no stop() is under way
+        self._stopped.set()
+        self.layer.on_stop = self.stop
 
     @property
     def endpoint(self) -> str:
@@ -347,6 +367,7 @@ class S3TestServer:
         return self._server is not None
 
     def start(self) -> None:
+        self._stopped.wait(60)  # a stop a fault rule began (in a server thread) ends first
         assert self._server is None, "already running"
         self._server = _Server("127.0.0.1", self.port, self.layer)
         self.port = self._server.server_address[1]
@@ -355,14 +376,19 @@ class S3TestServer:
 
     def stop(self) -> None:
         """Stops listening and cuts every open connection; in-flight requests fail."""
-        server, self._server = self._server, None
-        if server is None:
+        if self._server is None:
             return
-        server.shutdown()
-        server.server_close()
-        server.cut_connections()
-        assert self._thread is not None
-        self._thread.join()
+        self._stopped.clear()  # before the server is gone: start() waits for the rest
+        server, self._server = self._server, None
+        thread, self._thread = self._thread, None
+        try:
+            server.shutdown()
+            server.server_close()
+            server.cut_connections()
+            assert thread is not None
+            thread.join()
+        finally:
+            self._stopped.set()
 
     def __enter__(self) -> S3TestServer:
         self.start()
@@ -382,6 +408,80 @@ class S3TestServer:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
+
+
+_ROW_CLASS: list[Any] = []
+
+
+def row_class() -> Any:
+    """The row class of the S3 catalog tests (declared once per process)."""
+    if not _ROW_CLASS:
+        from modelrows import ModelV1
+
+        class S3RowV1(ModelV1, schema="s3test.row", version=1):
+            run: str
+            epoch: int | None = None
+            accuracy: float | None = None
+
+        _ROW_CLASS.append(S3RowV1)
+    return _ROW_CLASS[0]
+
+
+def model(seed: int, size: int = 16) -> Any:
+    """A small model whose weights depend on ``seed`` alone."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Linear(size, size)
+
+
+def _catalog_worker(argv: list[str]) -> None:
+    """Catalog client processes (see ``_worker``).
+
+    ``append URL RUN N SEED``: print ``ready`` once the catalog is open, wait for a line on
+    stdin, append N rows (weights ``model(SEED + i)``, epoch i), print their ids as JSON.
+    ``append-stuck URL RUN STAGE``: append one 12 MB row and stop inside the append, printing
+    ``stuck``: STAGE ``upload`` after the first part of its multipart upload went out,
+    ``publish`` once the row object is written, before its index entry is; the test kills it.
+    """
+    import json
+
+    from modelrows import Catalog, fetch_weights
+    from modelrows._catalog import _s3
+    from modelrows._catalog._index import Index
+
+    command, url, run = argv[:3]
+    row = row_class()
+    catalog = Catalog.open(url)
+    if command == "append":
+        n, seed = int(argv[3]), int(argv[4])
+        len(catalog)  # reads the index: the client and its connections exist before the race
+        print("ready", flush=True)
+        sys.stdin.readline()
+        ids = [
+            catalog.append(row(weights=fetch_weights(model(seed + i)), run=run, epoch=i))
+            for i in range(n)
+        ]
+        print(json.dumps(ids), flush=True)
+        return
+    stage = argv[3]
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:
+        print("stuck", flush=True)
+        sys.stdin.read()  # until killed
+
+    if stage == "upload":
+        send = _s3._Upload._upload_part
+
+        def part_then_stuck(self: Any, number: int, body: bytes) -> Any:
+            done = send(self, number, body)
+            stuck()
+            return done
+
+        _s3._Upload._upload_part = part_then_stuck  # type: ignore[method-assign]
+    else:
+        Index.publish_add = stuck  # type: ignore[method-assign]
+    catalog.append(row(weights=fetch_weights(model(0, 1750)), run=run))
 
 
 def _worker(argv: list[str]) -> None:
@@ -423,5 +523,7 @@ if __name__ == "__main__":
         with S3TestServer(fast_ranges="--fast-ranges" in sys.argv) as served:
             print(served.endpoint, flush=True)
             sys.stdin.read()
+    elif sys.argv[1].startswith("append"):
+        _catalog_worker(sys.argv[1:])
     else:
         _worker(sys.argv[1:])

@@ -72,3 +72,18 @@ def test_compact_then_reindex_a_lost_index(catalog: Catalog) -> None:
         2,
         2,
     ]
+
+
+def test_retain_and_alias_commands(catalog: Catalog) -> None:
+    [(worst,)] = catalog.sql("SELECT row_id FROM models WHERE run = 'a' AND epoch = 0").fetchall()
+    code, _, err = invoke("alias", "production", worst, "--catalog", catalog.root)
+    assert code == 0 and "production" in err
+    code, out, _ = invoke(
+        "retain", catalog.root, "--by", "accuracy", "--keep-top-k", "1", "--dry-run"
+    )
+    assert code == 0 and out.count("\n") >= 4  # the rows that would go, listed
+    assert len(Catalog.open(catalog.root)) == 6  # a dry run deletes nothing
+    code, _, err = invoke("retain", catalog.root, "--by", "accuracy", "--keep-top-k", "1")
+    assert code == 0 and "deleted 3 rows" in err
+    kept = sorted(Catalog.open(catalog.root).sql("SELECT run, epoch FROM models").fetchall())
+    assert kept == [("a", 0), ("a", 2), ("b", 2)]  # the best per run, and the aliased row

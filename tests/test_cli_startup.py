@@ -36,13 +36,13 @@ sys.stderr.write(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in s
 """
 
 
-def probe(*argv: str) -> tuple[str, dict[str, object]]:
+def probe(*argv: str, heavy: list[str] = HEAVY) -> tuple[str, dict[str, object]]:
     """Run ``modelrows ARGV`` (or only ``import modelrows``) fresh: its stdout, exit code, and
     which heavy modules it loaded."""
     environ = {k: v for k, v in os.environ.items() if k != "MODELROWS_CATALOG"}
     environ.update(PYTHONPATH=str(SRC), COLUMNS="100", NO_COLOR="1")
     done = subprocess.run(
-        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *argv],
+        [sys.executable, "-c", f"HEAVY = {heavy!r}\n{PROBE}", *argv],
         env=environ,
         capture_output=True,
         text=True,
@@ -62,3 +62,22 @@ def test_help_and_version_load_no_heavy_library(argv: list[str]) -> None:
     out, facts = probe(*argv)
     assert facts == {"code": 0, "loaded": []}
     assert ("Usage: modelrows" in out) if argv != ["--version"] else out.startswith("modelrows ")
+
+
+def test_metadata_commands_load_neither_torch_nor_polars_nor_pandas(tmp_path: Path) -> None:
+    """ls, sql and best read the catalog's index: no tensor is built, and pyarrow is kept from
+    importing pandas (which it does, where installed, on its first conversion)."""
+    import torch.nn as nn
+
+    from cli_rows import DigitsRowV1
+    from modelrows import Catalog, fetch_weights
+
+    cat = Catalog.create(tmp_path / "c", DigitsRowV1, partition_by=["run"])
+    w = fetch_weights(nn.Linear(2, 2))
+    cat.append_many([DigitsRowV1(weights=w, run="a", epoch=i, accuracy=i / 4) for i in range(4)])
+    heavy = ["torch", "polars", "pandas", "matplotlib", "safetensors", "pyarrow.dataset"]
+    for argv in (["ls", str(cat.root)], ["best", str(cat.root), "--by", "accuracy"],
+                 ["sql", str(cat.root), "SELECT count(*) FROM models"]):  # fmt: skip
+        out, facts = probe(*argv, heavy=heavy)
+        assert facts == {"code": 0, "loaded": []}, argv
+        assert out

@@ -605,7 +605,7 @@ def test_the_s3_load_benchmark_runs(aws_env: None) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     script = HERE.parent / "benchmarks" / "s3_load.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--mb", "8", "--rounds", "1"],
+        [sys.executable, str(script), "--mb", "8", "--rounds", "1", "--rows", "300"],
         env=env,
         capture_output=True,
         text=True,
@@ -614,3 +614,5 @@ def test_the_s3_load_benchmark_runs(aws_env: None) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "read_all / get_object:" in done.stdout
     assert "target: read_all >= 0.8x the faster peer, O(range) server:" in done.stdout
+    assert "target: get+load_weights >= 0.8x get_object:" in done.stdout
+    assert "target: open+best <= 10 requests and < 0.5 s: 8 requests" in done.stdout

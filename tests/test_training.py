@@ -459,7 +459,7 @@ def test_restoring_into_what_does_not_fit_is_refused(tmp_path: Path) -> None:
             lambda d: d.update(format="other"),
             "training_state is not a 'modelrows.training-state' JSON document",
         ),
-        (lambda d: d.update(extra=1), "training_state has unknown sections ['extra']"),
+        (lambda d: d.update(surprise=1), "training_state has unknown sections ['surprise']"),
     ],
 )
 def test_a_malformed_state_is_refused_when_the_row_is_built_or_read(
@@ -505,3 +505,27 @@ def test_the_snapshot_does_not_follow_later_training(tmp_path: Path) -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(training_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_extra_state_is_stored_as_data_and_read_back() -> None:
+    class AttributeDict(dict):  # type: ignore[type-arg]  # like Lightning's
+        pass
+
+    extra = {
+        "epoch": 3,
+        "loops": {"fit": {"progress": {"total": 12}}},
+        "hyper_parameters": AttributeDict(lr=0.1, layers=(2, 3)),
+        "kth_value": torch.tensor(0.25),
+        "tensors": [torch.arange(3)],
+    }
+    state = training_state(rng=False, extra=extra)
+    back = read_training_state(StateRowV1(weights=fetch_weights(nn.Linear(1, 1)), **state))["extra"]
+    assert back["loops"] == extra["loops"] and back["epoch"] == 3
+    assert type(back["hyper_parameters"]) is dict
+    assert back["hyper_parameters"] == {"lr": 0.1, "layers": (2, 3)}
+    assert torch.equal(back["kth_value"], extra["kth_value"])
+    assert torch.equal(back["tensors"][0], torch.arange(3))
+    assert read_training_state(StateRowV1(weights=fetch_weights(nn.Linear(1, 1)),
+                                        **training_state(rng=False)))["extra"] is None  # fmt: skip
+    with pytest.raises(TrainingStateError, match=r"extra\.hyper_parameters\.net is a function"):
+        training_state(rng=False, extra={"hyper_parameters": {"net": lambda x: x}})

@@ -87,9 +87,12 @@ def train(catalog_root: Path, run: str, epochs: int) -> None:
             net, optimizer=optimizer, scheduler=scheduler, generators={"loader": loader_generator},
             epoch=epoch, train_loss=total, val_loss=val_loss,
         )  # fmt: skip
+        print(run, epoch, repr(total), repr(val_loss), flush=True)
 
 
-def run_worker(catalog_root: Path, *runs: str) -> None:
+def run_worker(catalog_root: Path, *runs: str) -> list[tuple[str, int, float, float]]:
+    """Run the worker in a fresh process; return the (run, epoch, train loss, val loss) of every
+    epoch it trained."""
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
@@ -98,23 +101,35 @@ def run_worker(catalog_root: Path, *runs: str) -> None:
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    return [(run, int(epoch), float(a), float(b)) for run, epoch, a, b in lines]
 
 
 def test_a_run_resumed_in_a_fresh_process_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     root = tmp_path / "catalog"
     Catalog.create(root, CheckpointV1, partition_by=["run"])
     # the process ends after the interrupted run's epoch STOP_AFTER - 1 ...
-    run_worker(root, f"straight:{EPOCHS}", f"interrupted:{STOP_AFTER}")
-    run_worker(root, f"interrupted:{EPOCHS}")  # ... and a fresh one resumes from the catalog
-    catalog = Catalog.open(root)
+    first = run_worker(root, f"straight:{EPOCHS}", f"interrupted:{STOP_AFTER}")
+    second = run_worker(root, f"interrupted:{EPOCHS}")  # ... and a fresh one resumes
+    epochs = first + second
 
     def history(run: str) -> list[tuple[int, float, float]]:
+        return [(epoch, a, b) for r, epoch, a, b in epochs if r == run]
+
+    assert [epoch for epoch, _, _ in history("straight")] == list(range(EPOCHS))
+    assert history("interrupted") == history("straight")  # every loss, exactly
+
+    catalog = Catalog.open(root)
+
+    def kept(run: str) -> list[tuple[int, float, float]]:
         return catalog.sql(
             f"SELECT epoch, train_loss, val_loss FROM models WHERE run = '{run}' ORDER BY epoch"
         ).fetchall()
 
-    assert [epoch for epoch, _, _ in history("straight")] == list(range(EPOCHS))
-    assert history("interrupted") == history("straight")  # every loss, exactly
+    # retention kept the 3 best by val_loss and the last, the same epochs in both runs
+    best3 = sorted(sorted(history("straight"), key=lambda h: h[2])[:3])
+    assert kept("straight") == sorted({*best3, history("straight")[-1]})
+    assert kept("interrupted") == kept("straight")
     straight = Checkpointer(catalog, columns={"run": "straight"})
     interrupted = Checkpointer(catalog, columns={"run": "interrupted"})
     last, resumed = straight.resume(model()), interrupted.resume(model())
@@ -123,15 +138,16 @@ def test_a_run_resumed_in_a_fresh_process_matches_an_uninterrupted_one(tmp_path:
     assert resumed.weights == last.weights
     assert resumed.training_tensors == last.training_tensors
     assert resumed.training_state == last.training_state
+    best = straight.resume(model(), row="best")
+    assert best is not None and best.epoch == best3[0][0]
+    assert catalog.get("run=interrupted/best").epoch == best.epoch
     # the learning rate the scheduler set is a query away
     lrs = catalog.sql(
         "SELECT epoch, json_extract(training_state, "
         "'$.optimizer.state.param_groups[0].lr')::DOUBLE AS lr FROM models "
         "WHERE run = 'straight' ORDER BY epoch"
     ).fetchall()
-    assert [lr for _, lr in lrs] == pytest.approx(
-        [0.02 * 0.7 ** ((e + 1) // 2) for e in range(EPOCHS)]
-    )
+    assert [lr for _, lr in lrs] == pytest.approx([0.02 * 0.7 ** ((e + 1) // 2) for e, _ in lrs])
 
 
 # -- in one process --------------------------------------------------------------------------------
@@ -170,6 +186,43 @@ def test_best_and_last_are_the_runs_own(catalog: Catalog) -> None:
     assert a.aliases == {"best": "run=a/best", "last": "run=a/last"}
     odd = Checkpointer(catalog, columns={"run": "x y/z"})
     assert odd.aliases["best"] == "run=x%20y%2Fz/best"
+
+
+def test_save_keeps_the_best_k_and_the_last_and_moves_the_aliases(catalog: Catalog) -> None:
+    net = model()
+    checkpointer = Checkpointer(catalog, keep_top_k=2, keep_last=1, columns={"run": "a"})
+    other = Checkpointer(catalog, keep_top_k=1, columns={"run": "b"})
+    ids_b = save_losses(other, net, [0.9, 0.8, 0.7])
+    losses = [0.5, 0.3, 0.6, 0.2, 0.7, 0.4, None]
+    ids = save_losses(checkpointer, net, losses)  # type: ignore[arg-type]
+    kept = [r.row_id for r in checkpointer.rows()]
+    assert kept == [ids[1], ids[3], ids[6]]  # 0.3, 0.2 and the last (its loss unknown)
+    assert [r.row_id for r in other.rows()] == ids_b[2:]  # the other run's own retention
+    assert catalog.get("run=a/best").row_id == ids[3]
+    assert catalog.get("run=a/last").row_id == ids[6]
+    # best moved on each improvement only; last on every save
+    best_history = [a.row_id for a in catalog.alias_history("run=a/best")]
+    assert best_history == [ids[0], ids[1], ids[3]]
+    assert [a.row_id for a in catalog.alias_history("run=a/last")] == ids
+    # an alias the user sets protects its row from the checkpointer's retention
+    catalog.alias("keep-me", ids[3])
+    more = save_losses(checkpointer, net, [0.01, 0.02])
+    assert [r.row_id for r in checkpointer.rows()] == [ids[3], *more]
+    assert catalog.get("run=a/best").row_id == more[0]
+
+
+def test_keep_top_k_none_keeps_everything_and_no_monitor_keeps_the_latest(
+    catalog: Catalog,
+) -> None:
+    net = model()
+    everything = Checkpointer(catalog, keep_top_k=None, columns={"run": "all"})
+    ids = save_losses(everything, net, [0.3, 0.2, 0.1])
+    assert [r.row_id for r in everything.rows()] == ids
+    latest = Checkpointer(catalog, monitor=None, keep_top_k=2, columns={"run": "latest"})
+    ids = save_losses(latest, net, [0.1, 0.2, 0.3])
+    assert [r.row_id for r in latest.rows()] == ids[1:]
+    assert catalog.aliases()[-1].name == "run=latest/last"
+    assert "run=latest/best" not in {a.name for a in catalog.aliases()}
 
 
 def test_resume_restores_weights_optimizer_and_rngs(catalog: Catalog) -> None:
@@ -236,7 +289,8 @@ def test_what_cannot_work_is_refused(catalog: Catalog, tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as info:
         Checkpointer(catalog).resume(model())
     assert str(info.value) == (
-        "cannot query its rows: the checkpointer does not know which run it keeps yet; name it "
+        "cannot resume its run's 'last' checkpoint: the checkpointer does not know which run it "
+        "keeps yet; name it "
         "with Checkpointer(catalog, columns={'run': ...}), or save first"
     )
     checkpointer = Checkpointer(catalog, columns={"run": "a"})

@@ -37,6 +37,7 @@ from ._errors import (
 if TYPE_CHECKING:  # pragma: no cover - what the lazy names below resolve to, for type checkers
     from ._blob import TensorEntry
     from ._catalog import Catalog, CorruptRow, OnCorrupt
+    from ._catalog._aliases import Alias
     from ._diff import TensorDiff, diff_weights
     from ._format import FORMAT_VERSION
     from ._legolasflux import LegolasFluxModelV1
@@ -59,6 +60,7 @@ _LAZY = {
     "Catalog": "._catalog",
     "CorruptRow": "._catalog",
     "OnCorrupt": "._catalog",
+    "Alias": "._catalog._aliases",
     "TensorDiff": "._diff",
     "diff_weights": "._diff",
     "LegolasFluxModelV1": "._legolasflux",
@@ -101,6 +103,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "FORMAT_VERSION",
+    "Alias",
     "Catalog",
     "CatalogError",
     "Checkpointer",

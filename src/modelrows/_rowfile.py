@@ -47,6 +47,7 @@ from ._format import (
 )
 from ._ipcguard import check_row_file
 from ._linux import FALLOCATE
+from ._location import read_url, resolve, write_url
 from ._schema import Row, nearest_declared
 from ._values import batch_columns
 from ._values import values_checksum as _values_checksum
@@ -303,7 +304,9 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
     """Validate ``row`` and write it as a one-row Arrow IPC file at ``path``, atomically.
 
     A crash never leaves a partial file at ``path``; an existing file is replaced only once the
-    new one is complete (and, with ``fsync=True``, durable).
+    new one is complete (and, with ``fsync=True``, durable). ``path`` may be a ``file://`` URL,
+    or ``s3://bucket/key`` (S3 or an S3-compatible store, configured by the standard AWS
+    variables): the object is created or replaced whole, never seen in part.
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, read_model_row
@@ -312,7 +315,11 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
     >>> read_model_row(path).architecture_version
     1
     """
-    prepare_row_file(path, row, fsync=fsync).commit()
+    target = resolve(path)
+    if isinstance(target, str):  # s3://
+        write_url(target, row_writer(row))
+        return
+    prepare_row_file(target, row, fsync=fsync).commit()
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -562,6 +569,18 @@ def verify_row(row: Row, *, where: str, batch: pa.RecordBatch | None = None) -> 
             )
 
 
+def _fetched(source: RowSource, where: str | None) -> tuple[RowSource, str | None]:
+    """A row source with URLs resolved: a ``file://`` URL as its path, an ``s3://`` one as the
+    object's bytes (read whole into memory) named by its URL; anything else as it is."""
+    if not isinstance(source, str | os.PathLike):
+        return source, where
+    target = resolve(source)
+    if isinstance(target, str):  # s3://
+        data, url = read_url(target)
+        return data, where or url
+    return target, where
+
+
 def read_model_row(
     source: RowSource, *, verify: bool = False, where: str | None = None, mmap: bool = True
 ) -> Row:
@@ -576,9 +595,12 @@ def read_model_row(
     chain is returned, with the other columns in ``row.extras`` and the file's identifier in
     ``row.declared_schema``. ``verify=True`` also recomputes the checksum of every tensor byte
     and (format version 2 on) the values checksum of every other value. ``where`` names the file
-    in error messages (default: its path).
+    in error messages (default: its path). A path may also be a ``file://`` URL, or
+    ``s3://bucket/key`` (S3 or an S3-compatible store, configured by the standard AWS
+    variables): the object is read whole into memory with parallel ranged requests (no
+    temporary file) and checked alike.
 
-    ``mmap=False`` reads the file into memory instead of mapping it (one copy, the file's size
+    ``mmap=False`` reads a file into memory instead of mapping it (one copy, the file's size
     in RAM). Use it where another program may truncate or rewrite the file in place while the
     row is in use (shared or network file systems, files not written by modelrows): a mapped
     file's pages are read when first touched, and touching a page that a truncation removed
@@ -591,6 +613,7 @@ def read_model_row(
     >>> read_model_row(path).weights["weight"].shape
     torch.Size([3, 2])
     """
+    source, where = _fetched(source, where)
     batch, ctx = read_row_file(source, where=where, mmap=mmap)
     row = decode_row(batch, 0, ctx)
     if verify:
@@ -603,8 +626,9 @@ def read_row_metadata(
 ) -> dict[str, Any]:
     """Every column of a row file but its tensors, as plain Python values, without torch.
 
-    ``source``, ``mmap`` and the checks are as for :func:`read_model_row` (the file's structure,
-    and that its format version is one this modelrows reads), but no row class need be declared: values
+    ``source`` (a path or URL, or bytes), ``mmap`` and the checks are as for
+    :func:`read_model_row` (the file's structure, and that its format version is one this
+    modelrows reads), but no row class need be declared: values
     come as pyarrow's ``as_py()`` gives them (a nested row as a dict, a timestamp as an aware
     datetime). A catalog's row file includes ``row_id`` and ``written_at``. A weights column
     gives its stored checksum (``"xxh3-64:..."``; None if null); no tensor byte is read.
@@ -617,6 +641,7 @@ def read_row_metadata(
     >>> meta["architecture_version"], meta["weights"].startswith("xxh3-64:")
     (4, True)
     """
+    source, where = _fetched(source, where)
     batch, ctx = read_row_file(source, where=where, mmap=mmap)
     where = ctx.where
     qualified = schema_identifier(batch.schema, where=where)

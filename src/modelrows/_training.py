@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import json
 import math
 import random
+import types
 import urllib.parse
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from ._errors import CatalogError, ModelRowsError
+from ._errors import CatalogError, ModelRowsError, RowNotFoundError
 from ._schema import ModelV1, Row
 from ._weights import Weights, fetch_weights, load_weights
 
@@ -59,7 +61,8 @@ STATE_FORMAT = "modelrows.training-state"
 """The ``format`` of the JSON document in the ``training_state`` column (version 1)."""
 _STATE_VERSION = 1
 _JSON_SAFE_INT = 2**53  # integers beyond this are strings: JSON readers other than Python's
-_SECTIONS = ("optimizer", "scheduler", "scaler", "rng", "generators")
+_SECTIONS = ("optimizer", "scheduler", "scaler", "rng", "generators", "extra")
+"""The document's sections; ``extra`` is optional (absent when nothing extra was stored)."""
 
 Generator = torch.Generator | np.random.Generator | np.random.RandomState | random.Random
 """What ``generators={"name": ...}`` takes: a generator the training loop owns (a DataLoader's
@@ -174,10 +177,18 @@ class _Encoder:
         return {"$ndarray": name, "dtype": value.dtype.str}
 
 
+_FUNCTIONS = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    functools.partial,
+)
+
+
 def _refusal(value: Any, path: str) -> str:
     kind = type(value)
     what = f"{kind.__module__}.{kind.__qualname__}"
-    if callable(value):
+    if isinstance(value, _FUNCTIONS):
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None) or what
         what = f"a function or callable ({name})"
         hint = (
@@ -501,6 +512,8 @@ def training_state(
     scaler: Any | None = None,
     generators: Mapping[str, Generator] | None = None,
     rng: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    _extra_path: str = "extra",
 ) -> dict[str, Any]:
     """The state to resume training exactly, as the two columns of :class:`TrainingStateV1`.
 
@@ -513,7 +526,10 @@ def training_state(
     - ``generators``: generators the loop owns by name, e.g. ``{"loader": generator}`` for a
       ``DataLoader(..., shuffle=True, generator=generator)``;
     - ``rng=True`` also stores the global RNGs: python ``random``, numpy, torch CPU, and every
-      CUDA device's when CUDA is available.
+      CUDA device's when CUDA is available;
+    - ``extra``: any further state of the loop, as data (a dict of tensors, numbers, strings,
+      lists, dicts ...), e.g. a framework's checkpoint dict; :func:`read_training_state` returns
+      it under ``"extra"``.
 
     A state holding anything but data (a function, an arbitrary object) raises
     :class:`TrainingStateError` naming it, e.g. ``scheduler.lr_lambdas[0].fn``.
@@ -544,8 +560,26 @@ def training_state(
             raise TrainingStateError(f"generator names are non-empty strings, got {name!r}")
         gens[name] = _encode_generator(gen, enc, f"generators.{name}")
     doc["generators"] = gens
+    if extra is not None:
+        doc["extra"] = enc.encode(_plain(extra), _extra_path)
     text = json.dumps(doc, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     return {"training_tensors": Weights(enc.tensors), "training_state": text}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every dict subclass but OrderedDict and Counter (such as Lightning's
+    ``AttributeDict``) turned into a plain dict, in lists, tuples and dicts."""
+    kind = type(value)
+    if isinstance(value, dict):
+        items = {k: _plain(v) for k, v in value.items()}
+        if kind in (collections.OrderedDict, collections.Counter):
+            return kind(items)
+        return items
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is tuple:
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def _document(row: Row) -> tuple[dict[str, Any], Weights]:
@@ -565,7 +599,8 @@ def _document(row: Row) -> tuple[dict[str, Any], Weights]:
 
 def read_training_state(row: Row) -> dict[str, Any]:
     """The training state of ``row`` as plain data: ``{"optimizer": state_dict | None,
-    "scheduler": ..., "scaler": ..., "rng": {...} | None, "generators": {...}}``.
+    "scheduler": ..., "scaler": ..., "rng": {...} | None, "generators": {...}, "extra": ...}``
+    (``extra``: what ``training_state(extra=...)`` stored, or None).
 
     The ``optimizer``/``scheduler``/``scaler`` entries are what their ``state_dict()`` returned
     when the row was saved (tensors are fresh copies), to inspect or compare without the objects.
@@ -581,6 +616,7 @@ def read_training_state(row: Row) -> dict[str, Any]:
         name: decoder.decode(entry, f"generators.{name}").get("state")
         for name, entry in doc["generators"].items()
     }
+    out["extra"] = decoder.decode(doc.get("extra"), "extra")
     return out
 
 
@@ -672,6 +708,10 @@ def _sql_literal(value: Any) -> str:
     raise CatalogError(f"cannot scope a checkpointer by a {type(value).__name__} value {value!r}")
 
 
+def _rankable(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _sql_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -681,10 +721,16 @@ class Checkpointer:
 
     The catalog holds rows of a class that extends :class:`TrainingStateV1` with the run's own
     columns (``run``, ``epoch``, the monitored metric ...). :meth:`save` appends a row (the
-    model's weights, the training state, the given columns), keeps the ``keep_top_k`` rows with
-    the best ``monitor`` value (lowest with ``mode="min"``) plus the ``keep_last`` latest, and
-    moves the ``best`` and ``last`` aliases; :meth:`resume` restores a row into the model,
-    optimizer, scheduler and the RNGs.
+    model's weights, the training state, the given columns), moves the run's ``last`` alias to
+    it and its ``best`` alias when it has the best ``monitor`` value so far (lowest with
+    ``mode="min"``), then applies retention to the run's rows: it keeps the ``keep_top_k`` best
+    (``None``: every row), the ``keep_last`` latest and every aliased row, and deletes the rest
+    (:meth:`Catalog.retain`; with ``monitor=None`` the ``keep_top_k`` latest are kept).
+    :meth:`resume` restores a row into the model, optimizer, scheduler and the RNGs.
+
+    Safe with several processes saving into one run at once: ``last`` only moves to a later
+    row and ``best`` only to a better one (a compare-and-set of the alias, retried), and a row
+    among the ``keep_top_k`` best ever saved is never deleted.
 
     Several runs share one catalog: a checkpointer's retention and aliases apply to its own
     run's rows, the rows with the same values in the ``per`` columns (by default the catalog's
@@ -759,6 +805,7 @@ class Checkpointer:
                 raise CatalogError(f"per names {key!r}, which is not a column of {catalog.schema}")
         self.columns: dict[str, Any] = dict(columns or {})
         self._scope: dict[str, Any] | None = None
+        self._move_last = True  # the Lightning callback turns it off without save_last
         if all(key in self.columns for key in self.per):
             self._scope = {key: self.columns[key] for key in self.per}
 
@@ -804,86 +851,128 @@ class Checkpointer:
         generators: Mapping[str, Generator] | None = None,
         **columns: Any,
     ) -> str:
-        """Append a checkpoint row; apply retention; move the ``best`` and ``last`` aliases.
+        """Append a checkpoint row; move the ``last`` and ``best`` aliases; apply retention.
 
         The row holds the model's weights, the training state (optimizer, scheduler, scaler,
         generators and the global RNGs) and ``columns`` (with the checkpointer's own columns).
         Returns the new row's id.
         """
+        values, scope = self._values(columns, action="save()")
+        state = training_state(
+            optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=generators
+        )
+        row = self.row_class(weights=fetch_weights(model), **state, **values)
+        return self._commit(row, scope)
+
+    def _values(
+        self, columns: Mapping[str, Any], *, action: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The columns of a new row (the checkpointer's and ``columns``) and the run they name."""
         for reserved in ("weights", "training_tensors", "training_state"):
             if reserved in columns:
-                raise CatalogError(f"save() fills the {reserved!r} column itself; do not pass it")
+                raise CatalogError(f"{action} fills the {reserved!r} column itself; do not pass it")
         values = {**self.columns, **columns}
         for key, value in self.columns.items():
             if columns.get(key, value) != value:
                 raise CatalogError(
-                    f"this checkpointer writes {key}={value!r} into every row; save() was "
+                    f"this checkpointer writes {key}={value!r} into every row; {action} was "
                     f"given {key}={columns[key]!r}. Use one Checkpointer per run"
                 )
         scope = {key: values.get(key) for key in self.per}
         if self._scope is not None and scope != self._scope:
             raise CatalogError(
-                f"this checkpointer keeps the rows of {self._scope}; save() was given {scope}. "
+                f"this checkpointer keeps the rows of {self._scope}; {action} was given {scope}. "
                 "Use one Checkpointer per run"
             )
-        state = training_state(
-            optimizer=optimizer, scheduler=scheduler, scaler=scaler, generators=generators
-        )
-        row = self.row_class(weights=fetch_weights(model), **state, **values)
+        return values, scope
+
+    def _commit(self, row: Row, scope: dict[str, Any]) -> str:
+        """Append ``row``, move the aliases, apply retention; return the row's id.
+
+        The aliases move before retention runs, so that retention protects the rows they point
+        to now (not the ones they pointed to before this save)."""
         row_id = self.catalog.append(row)
         self._scope = scope
+        self._move_aliases(row_id, row)
         self._apply_retention()
-        self._move_aliases(row_id)
         return row_id
 
+    # -- retention and aliases ----------------------------------------------------------------------
     def _apply_retention(self) -> None:
-        # PHASE-1 SCAFFOLD: Catalog.retain lands with the catalog index (phase 2); until then
-        # retention is skipped. The final code calls it unconditionally.
-        retain = getattr(self.catalog, "retain", None)
-        if retain is None or self.keep_top_k is None:
-            return
-        retain(
+        """Retention over this run's rows: the best ``keep_top_k`` (the latest ones when nothing
+        is monitored), the latest ``keep_last``, and whatever an alias points to."""
+        if self.keep_top_k is None:
+            return  # no limit: every checkpoint is kept
+        if self.monitor is None:
+            keep_top_k, keep_last = None, max(self.keep_top_k, self.keep_last)
+        else:
+            keep_top_k, keep_last = self.keep_top_k, self.keep_last
+        self.catalog.retain(
             by=self.monitor,
-            mode=self.mode,
-            keep_top_k=self.keep_top_k,
-            keep_last=self.keep_last,
-            per=list(self.per) or None,
+            mode="max" if self.mode == "max" else "min",
+            keep_top_k=keep_top_k,
+            keep_last=keep_last,
+            per=list(self.per),
             where=self._where(),
         )
 
-    def _best_id(self) -> str | None:
-        if self.monitor is None:
-            return None
-        best = self.catalog.best(self.monitor, descending=self.mode == "max", where=self._where())
-        return None if best is None else str(best.row_id)
+    def _better(self, value: Any, than: Any) -> bool:
+        """Whether the monitored ``value`` beats ``than`` (nothing beats a tie: the earlier row
+        stays best; a null or NaN never beats anything, and anything beats them)."""
+        if not _rankable(value):
+            return False
+        if not _rankable(than):
+            return True
+        return bool(value > than if self.mode == "max" else value < than)
 
-    def _last_id(self) -> str | None:
-        where = self._where()
-        clause = f"WHERE {where}" if where else ""
-        found = self.catalog.sql(
-            f"SELECT row_id FROM models {clause} ORDER BY row_id DESC LIMIT 1"
-        ).fetchall()
-        return str(found[0][0]) if found else None
+    def _advance(self, name: str, row_id: str, replaces: Callable[[dict[str, Any]], bool]) -> None:
+        """Point alias ``name`` to ``row_id`` if its current row is gone or ``replaces(entry)``
+        says the new row should take its place: a compare-and-set, retried when another process
+        moves the alias meanwhile, so that concurrent writers leave it at the right row."""
+        from ._catalog import _aliases
 
-    def _move_aliases(self, row_id: str) -> None:
-        # PHASE-1 SCAFFOLD: Catalog.alias lands in phase 2; until then the aliases are not
-        # written and resume() finds "best"/"last" by query. The final code calls it always.
-        alias = getattr(self.catalog, "alias", None)
-        if alias is None:
+        catalog = self.catalog
+        for _ in range(1000):
+            latest = _aliases.current(catalog.store, name)
+            target = None if latest is None else latest.row_id
+            if target is not None:
+                entry = catalog._index.lookup(target)
+                if entry is not None and not replaces(entry):
+                    return
+            try:
+                catalog.alias(name, row_id, expected=target)
+            except _aliases.AliasConflict:
+                continue  # moved meanwhile: look again
+            except RowNotFoundError:
+                return  # the new row is gone already (another writer's retention): no move
             return
+        raise CatalogError(f"{catalog.url}: alias {name!r} kept moving; could not update it")
+
+    def _move_aliases(self, row_id: str, row: Row) -> None:
+        """Move ``last`` to the new row (unless a later row holds it), and ``best`` to it when it
+        beats the row ``best`` points to."""
         names = self.aliases
-        alias(names["last"], row_id)
-        best = self._best_id()
-        if best is not None:
-            alias(names["best"], best)
+        if self._move_last:
+            self._advance(names["last"], row_id, lambda entry: row_id > str(entry["row_id"]))
+        if self.monitor is not None:
+            value = getattr(row, self.monitor)
+            if _rankable(value):
+                monitor = self.monitor
+                self._advance(
+                    names["best"], row_id, lambda entry: self._better(value, entry.get(monitor))
+                )
 
     # -- resuming -----------------------------------------------------------------------------------
     def _resolve(self, row: str) -> Row | None:
         if row in ("best", "last"):
-            # PHASE-1 SCAFFOLD: phase 2 resolves the run's alias (self.aliases[row]) through
-            # catalog.get; until then the same row is found by query.
-            found = self._best_id() if row == "best" else self._last_id()
-            return None if found is None else self.catalog.get(found)
+            from ._catalog import _aliases
+
+            self._known_scope(f"resume its run's {row!r} checkpoint")
+            name = self.aliases[row]
+            latest = _aliases.current(self.catalog.store, name)
+            if latest is None or latest.row_id is None:
+                return None  # the run has not saved a checkpoint yet
+            return self.catalog.get(name)
         return self.catalog.get(row)
 
     def resume(

@@ -65,8 +65,9 @@ from .._rowfile import (
     verify_row,
 )
 from .._schema import Row, nearest_declared
-from . import _index
-from ._index import CHECKSUM, COMPACT_AT, PATH, SIZE, Index, new_id
+from . import _aliases, _index, _retention  # retention and aliases
+from ._index import CHECKSUM, PATH, SIZE, Index, new_id
+from ._remote import read_for_index
 from ._store import LocalStore, Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,7 +93,8 @@ class CorruptRow(NamedTuple):
     """A row :meth:`Catalog.verify` found missing, unreadable or corrupt."""
 
     row_id: str
-    path: Path
+    path: Path | str
+    """The row's file (a URL string for a catalog on object storage)."""
     problem: str
 
 
@@ -419,33 +421,65 @@ class Catalog:
             for row, segs in zip(batch, segments, strict=True):
                 written.append(self._write_row(row, segs, fsync=fsync))
             entries = pa.concat_tables(written) if len(written) > 1 else written[0]
-            ids = entries.column("row_id").to_pylist()
-            self._index.publish_add(ids[0], entries, fsync=fsync)
+            self._index.publish_add(entries.column("row_id")[0].as_py(), entries, fsync=fsync)
         except BaseException as exc:
+            outcome = self._publish_outcome(exc, written, len(batch))
+            if outcome == "published":
+                return self._appended(written, segments, fsync=fsync)
             visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
-            if not visible:
+            if not visible and outcome == "failed":
                 for table in written:  # never published: take the files back
                     with contextlib.suppress(ModelRowsError, OSError):
                         self.store.delete(table.column(PATH)[0].as_py())
             if not isinstance(exc, StorageError):
                 raise
             n = len(batch)
+            noun = f"row{'s' if n > 1 else ''}"
             raise StorageError(
-                f"appending {n} row{'s' if n > 1 else ''} to {self.url} failed at step "
-                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                f"appending {n} {noun} to {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__ or exc}. "
                 + (
                     f"The row{'s are' if n > 1 else ' is'} in place but may not be durable yet."
                     if visible
+                    else f"The store did not say whether the {noun} went in: the index holds "
+                    f"{'them all or none' if n > 1 else 'the whole row or nothing'} (look again "
+                    "later; catalog.vacuum() removes the files of rows that did not)."
+                    if outcome == "unknown"
                     else f"{'None of the rows was' if n > 1 else 'The row was not'} added."
                 ),
                 path=exc.path,
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
+        return self._appended(written, segments, fsync=fsync)
+
+    def _appended(
+        self, written: list[pa.Table], segments: list[list[str]], *, fsync: bool
+    ) -> list[str]:
+        """The ids of rows just published; now and then, some housekeeping."""
         self._maybe_compact(
             fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
         )
-        return [str(i) for i in ids]
+        return [str(t.column("row_id")[0].as_py()) for t in written]
+
+    def _publish_outcome(
+        self, exc: BaseException, written: list[pa.Table], n: int
+    ) -> Literal["failed", "published", "absent", "unknown"]:
+        """What a failed append left: ``"failed"``, nothing published (its row files may be
+        taken back). On object storage, a request that failed while publishing the index entry
+        may still have been carried out (its answer lost, or it landed after the client gave
+        up), so the index is asked: ``"published"`` (the append succeeded), ``"absent"`` or
+        ``"unknown"`` (the store did not answer); the row files then stay, for ``vacuum`` to
+        remove once old if they are never published."""
+        if len(written) != n or not isinstance(exc, StorageError):
+            return "failed"
+        if self.store.local_path("") is not None:
+            return "failed"
+        try:
+            found = self._index.lookup(written[0].column("row_id")[0].as_py())
+        except (ModelRowsError, OSError):
+            return "unknown"
+        return "absent" if found is None else "published"
 
     def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
         """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
@@ -454,7 +488,7 @@ class Catalog:
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
-            if self._index.log_size() >= COMPACT_AT:
+            if self._index.log_size() >= _index.COMPACT_AT:
                 self._index.compact(fsync=fsync)
             for prefix in {directory, _index.LOG}:
                 if prefix:
@@ -503,6 +537,8 @@ class Catalog:
 
         Row files that cannot be read, or that are not the row their name says, are left out
         (``verify()`` names them). Deletes recorded in the index are kept when it can be read."""
+        found = self._index.manifests()  # a state published after this is merged in at the end
+        since = found[-1][0] if found else None
         log_before = [k[len(_index.LOG) :] for k, _ in self.store.list(_index.LOG)]
         deleted: set[str] = set()
         with contextlib.suppress(ModelRowsError):
@@ -521,7 +557,12 @@ class Catalog:
         shown = False
         try:
             for done, (row_id, keys) in enumerate(sorted(files.items()), 1):
-                if row_id not in deleted:
+                if row_id in deleted:
+                    # a delete interrupted before it removed the file: the rebuilt index records
+                    # no deletes, so the file goes first (or a later reindex brings the row back)
+                    for key in keys:
+                        self.store.delete(key)
+                else:
                     entry = self._best_copy(row_id, keys)
                     if entry is not None:
                         tables.append(entry)
@@ -545,9 +586,9 @@ class Catalog:
             if tables
             else pa.Table.from_batches([], schema=self._index.schema)
         )
-        self._index.rebuild(rows, log_before)
+        manifest = self._index.rebuild(rows, log_before, since=since, listed=set(files))
         self._indexed = True
-        return int(rows.num_rows)
+        return manifest.rows
 
     def _best_copy(self, row_id: str, keys: list[str]) -> pa.Table | None:
         """The index row of the sound copy of ``row_id`` that lies where its partition values
@@ -564,21 +605,34 @@ class Catalog:
         return fallback
 
     def _entry_from_file(self, row_id: str, key: str) -> pa.Table | None:
-        """The index row of a row file, read from the file; None if it is not a sound row."""
+        """The index row of a row file, read from the file (from a remote store, every byte
+        but its tensors'); None if it is not a sound row. A store that fails raises."""
         path = self.store.local_path(key)
         if path is None:
-            return None  # remote stores: not yet
-        if self._problem(row_id, path) is not None:
+            where = f"{self.url}/{key}"
+            try:
+                batch, size = read_for_index(self.store, key, where=where)
+                self._check_belongs(batch, row_id, where)
+            except StorageError:
+                raise
+            except (ModelRowsError, FileNotFoundError):
+                return None
+            return self._entry_of(batch, key, size)
+        if self._problem(row_id, key) is not None:
             return None
         batch, _ctx = read_row_file(path)
+        return self._entry_of(batch, key, os.stat(path).st_size)
+
+    def _entry_of(self, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
+        """The index row of a row file's checked record batch."""
         checksums = []
         arrays = []
+        first = pa.array([0])
         for f, column in zip(batch.schema, batch.columns, strict=True):
             if f.name in self._weights:
                 checksums.append(column.field("checksum")[0].as_py() or "")
-            else:
-                arrays.append(column)
-        size = os.stat(path).st_size
+            else:  # a copy: a view would keep the file mapped (and open) as long as the entry
+                arrays.append(column.take(first))
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
         return pa.Table.from_arrays(arrays, schema=self._index.schema)
 
@@ -611,22 +665,23 @@ class Catalog:
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
         self._ensure_index()
-        return int(self._index.snapshot().table.num_rows)
+        count = self._index.count()  # from the manifest alone, when it describes every row
+        return count if count is not None else int(self._index.snapshot().table.num_rows)
 
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
             raise CatalogError(f"a row id is a string, not {type(row_id).__name__}")
         self._ensure_index()
-        entry = self._index.lookup(row_id)
+        # a row id, or an alias name resolved to its row; only the columns callers use
+        entry = self._lookup_entry(row_id, columns=[PATH, "row_id"])
         if entry is None:
             raise RowNotFoundError(f"no row {row_id!r} in the catalog at {self.url}")
         return entry
 
-    def path_of(self, row_id: str) -> Path:
-        """The file holding ``row_id`` (found in the index); RowNotFoundError if there is none."""
-        key = self._entry(row_id)[PATH]
-        path = self.store.local_path(key)
-        return path if path is not None else Path(f"{self.url}/{key}")
+    def path_of(self, row_id: str) -> Path | str:
+        """The file holding ``row_id`` (found in the index), or its URL (a string) in a catalog
+        on object storage; RowNotFoundError if there is none."""
+        return self._path(self._entry(row_id)[PATH])
 
     def get(self, row_id: str, *, verify: bool = False, mmap: bool = True) -> Row:
         """One row by id, weights zero-copy; reads the index entry and opens exactly one file.
@@ -634,17 +689,24 @@ class Catalog:
 
         The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
         """
-        return self._read(row_id, self._entry(row_id)[PATH], verify=verify, mmap=mmap)
+        entry = self._entry(row_id)  # row_id may be an alias: the entry has the row's id
+        return self._read(entry["row_id"], entry[PATH], verify=verify, mmap=mmap)
 
     def _read(self, row_id: str, key: str, *, verify: bool, mmap: bool = True) -> Row:
         """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
         catalog's columns and the row its name says, checked as every read is."""
         path = self.store.local_path(key)
-        if path is None:  # pragma: no cover - remote rows: the object-storage module
-            raise CatalogError(f"{self.url}: reading rows from this store is not supported yet")
+        if path is None:  # a remote store: the object, read whole into memory
+            batch, ctx = self._fetch(key)
+            self._check_belongs(batch, row_id, ctx.where)
+            row = decode_row(batch, 0, ctx)
+            if verify:
+                verify_row(row, where=ctx.where, batch=batch)
+            return row
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
         except FileNotFoundError:
+            self._check_not_deleted(row_id)
             raise RowFileError(
                 f"{path}: the row file is gone (removed by hand?); run catalog.verify() to list "
                 "such rows and catalog.reindex() to drop them from the index",
@@ -656,14 +718,45 @@ class Catalog:
                 "follows links (remove it, and run catalog.reindex())",
                 path=str(path),
             )
-        batch, ctx = read_row_file(path, mmap=mmap)
+        try:
+            batch, ctx = read_row_file(path, mmap=mmap)
+        except RowFileError:
+            if not os.path.lexists(path):
+                self._check_not_deleted(row_id)
+            raise
         self._check_belongs(batch, row_id, path)
         row = decode_row(batch, 0, ctx)
         if verify:
             verify_row(row, where=ctx.where, batch=batch)
         return row
 
-    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path) -> None:
+    def _fetch(self, key: str) -> tuple[pa.RecordBatch, Any]:
+        """The checked record batch of row file ``key`` and its decoding context: the file
+        mapped (a local store), or the object read whole into memory with parallel ranged reads
+        (a remote store; no temporary file). The checks are :func:`read_model_row`'s."""
+        path = self.store.local_path(key)
+        if path is not None:
+            return read_row_file(path)
+        where = f"{self.url}/{key}"
+        try:
+            data = self.store.read_all(key)
+        except FileNotFoundError:
+            raise RowFileError(
+                f"{where}: the row object is gone (deleted by hand?); run catalog.verify() to "
+                "list such rows and catalog.reindex() to drop them from the index",
+                path=where,
+            ) from None
+        return read_row_file(data, where=where)
+
+    def _check_not_deleted(self, row_id: str) -> None:
+        """The file of a row the index listed is gone: RowNotFoundError if the row was deleted
+        meanwhile (a delete removes the file right after recording it); else return."""
+        if self._index.lookup(row_id) is None:
+            raise RowNotFoundError(
+                f"no row {row_id!r} in the catalog at {self.url} (deleted while it was being read)"
+            )
+
+    def _check_belongs(self, batch: pa.RecordBatch, row_id: str, path: Path | str) -> None:
         if not batch.schema.equals(self.arrow_schema, check_metadata=False):
             raise CorruptRowError(
                 f"{path}: its columns are not the catalog's ("
@@ -684,9 +777,12 @@ class Catalog:
         return [f.name for f in self.arrow_schema if weights or f.name not in self._weights]
 
     def _query_table(self) -> pa.Table:
-        """The live rows as queries see them: the row's columns, without the index's own."""
-        table = self._snapshot().table.drop_columns([PATH, SIZE, CHECKSUM])
-        return table
+        """The live rows as queries see them: the row's columns, without the index's own. The
+        whole snapshot stays with this thread: ``best`` finds the file of the row it chose there,
+        without a second look at the index (on object storage, each look is a few requests)."""
+        table = self._snapshot().table
+        self._local.snapshot_table = table
+        return table.drop_columns([PATH, SIZE, CHECKSUM])
 
     def dataset(self, *, weights: bool = False) -> ds.Dataset:
         """A pyarrow dataset of every live row: over the index (``weights=False``), or over the
@@ -814,27 +910,92 @@ class Catalog:
                 f"cannot rank by {by!r}: not a column of {self.schema} "
                 f"(columns: {', '.join(self._columns())})"
             )
-        if isinstance(self.arrow_schema.field(by).type, pa.StructType | pa.ListType):
+        ftype = self.arrow_schema.field(by).type
+        if isinstance(ftype, pa.StructType | pa.ListType):
             raise CatalogError(f"cannot rank by {by!r}: it is not a number, string or date")
-        rel = self._where(self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where)
-        if pa.types.is_floating(self.arrow_schema.field(by).type):
-            rel = rel.filter(f"NOT isnan({_quote(by)})")
-        rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
-        if on_corrupt == "raise":
-            rel = rel.limit(1)
-        for (key,) in rel.project("row_id").fetchall():
-            row = self._load(key, verify=verify, on_corrupt=on_corrupt)
-            if row is not None:
-                return row
-        return None
+        fast = (
+            where is None
+            and on_corrupt == "raise"
+            and (
+                pa.types.is_integer(ftype)
+                or pa.types.is_float32(ftype)
+                or pa.types.is_float64(ftype)
+            )
+        )  # the common case needs no SQL engine (starting one costs more than the search)
+        for _ in range(_index._RETRIES):  # again if the best row is deleted before it loads
+            if fast:
+                try:
+                    key = self._best_id(by, descending=descending)
+                    return (
+                        None
+                        if key is None
+                        else self._load(key, verify=verify, on_corrupt=on_corrupt)
+                    )
+                except RowNotFoundError:
+                    continue
+            rel = self._where(
+                self.sql(f"SELECT * FROM models WHERE {_quote(by)} IS NOT NULL"), where
+            )
+            if pa.types.is_floating(self.arrow_schema.field(by).type):
+                rel = rel.filter(f"NOT isnan({_quote(by)})")
+            rel = rel.order(f"{_quote(by)} {'DESC' if descending else 'ASC'}, row_id")
+            if on_corrupt == "raise":
+                rel = rel.limit(1)
+            ids = [row_id for (row_id,) in rel.project("row_id").fetchall()]
+            seen: pa.Table | None = getattr(self._local, "snapshot_table", None)
+            keys: dict[str, str] = {}
+            if seen is not None and ids:  # the snapshot the query ran on: each row's file
+                import pyarrow.compute as pc
+
+                found = seen.filter(pc.is_in(seen.column("row_id"), value_set=pa.array(ids)))
+                keys = dict(
+                    zip(
+                        found.column("row_id").to_pylist(),
+                        found.column(PATH).to_pylist(),
+                        strict=True,
+                    )
+                )
+            try:
+                for row_id in ids:
+                    row = self._load(
+                        row_id, verify=verify, on_corrupt=on_corrupt, key=keys.get(row_id)
+                    )
+                    if row is not None:
+                        return row
+            except RowNotFoundError:
+                continue
+            return None
+        raise CatalogError(f"{self.url}: the best rows kept being deleted as they were loaded")
+
+    def _best_id(self, by: str, *, descending: bool) -> str | None:
+        """The row best's SQL finds for a numeric ``by``, in one pass over two columns: the
+        highest (lowest) value, null and NaN never ranking, ties to the smallest row id."""
+        import pyarrow.compute as pc
+
+        table = self._snapshot().table
+        values, ids = table.column(by), table.column("row_id")
+        keep = pc.is_valid(values)
+        if pa.types.is_floating(values.type):
+            keep = pc.and_kleene(keep, pc.invert(pc.is_nan(values)))
+        values, ids = values.filter(keep), ids.filter(keep)
+        if len(values) == 0:
+            return None
+        target = pc.max(values) if descending else pc.min(values)
+        found: str = pc.min(ids.filter(pc.equal(values, target))).as_py()
+        return found
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):
             raise CatalogError(f"on_corrupt is 'raise' or 'skip', not {on_corrupt!r}")
 
-    def _load(self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt) -> Row | None:
-        """get(), or None with a warning for a corrupt row when ``on_corrupt="skip"``."""
+    def _load(
+        self, row_id: str, *, verify: bool, on_corrupt: OnCorrupt, key: str | None = None
+    ) -> Row | None:
+        """get() (from the file ``key`` if known), or None with a warning for a corrupt row when
+        ``on_corrupt="skip"``."""
         try:
+            if key is not None:
+                return self._read(row_id, key, verify=verify)
             return self.get(row_id, verify=verify)
         except RowFileError as exc:
             if on_corrupt == "raise":
@@ -856,8 +1017,13 @@ class Catalog:
             zip(table.column("row_id").to_pylist(), table.column(PATH).to_pylist(), strict=True)
         )
         for row_id in self._ids(where=where, order=["row_id"]):
+            key = paths.get(row_id)
+            if key is None:  # appended since the snapshot above (the query took its own)
+                continue
             try:
-                row = self._read(row_id, paths[row_id], verify=verify)
+                row = self._read(row_id, key, verify=verify)
+            except RowNotFoundError:  # deleted while iterating
+                continue
             except RowFileError as exc:
                 if on_corrupt == "raise":
                     raise
@@ -900,7 +1066,23 @@ class Catalog:
         ids = sorted(set(ids))
         if not ids:
             return []
-        self._index.publish_delete(ids, fsync=fsync)
+        try:
+            self._index.publish_delete(ids, fsync=fsync)
+        except StorageError as exc:  # say which of the two outcomes it is
+            n, visible = len(ids), exc.visible
+            raise StorageError(
+                f"deleting {n} row{'s' if n > 1 else ''} from {self.url} failed at step "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                + (
+                    f"The row{'s are' if n > 1 else ' is'} deleted; the deletion may not be "
+                    "durable yet."
+                    if visible
+                    else "Nothing was deleted."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=visible,
+            ) from exc.__cause__
         import pyarrow.compute as pc
 
         gone = live.filter(pc.is_in(live.column("row_id"), value_set=pa.array(ids)))
@@ -911,13 +1093,14 @@ class Catalog:
         return ids
 
     # -- housekeeping ------------------------------------------------------------------------------
-    def vacuum(self, *, older_than: float = 3600.0) -> list[Path]:
+    def vacuum(self, *, older_than: float = 3600.0) -> list[Path | str]:
         """Finish what crashed writers, deleters and compactors left: temporary files (whose
         writer is gone, or older than ``older_than`` seconds), files of deleted rows, row files
         never published (older than ``older_than``), index segments no manifest names. Returns
-        what was removed."""
+        what was removed (on object storage: URLs, as strings; abandoned multipart uploads are
+        aborted as well)."""
         self._ensure_index()
-        removed: list[Path] = []
+        removed: list[Path | str] = []
         before = set(self._tmp_files())
         self.store.cleanup_uploads(older_than)
         removed += [p for p in before if not p.exists()]
@@ -940,9 +1123,10 @@ class Catalog:
             removed.append(self._path(key))
         return removed
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> Path | str:
+        """The file of ``key``, or its URL (a string) on a remote store."""
         local = self.store.local_path(key)
-        return local if local is not None else Path(f"{self.url}/{key}")
+        return local if local is not None else f"{self.url}/{key}"
 
     def _tmp_files(self) -> list[Path]:
         local = self.store.local_path("")
@@ -952,20 +1136,23 @@ class Catalog:
             local / key for key, _ in self.store.list("") if is_temp_name(key.rsplit("/", 1)[-1])
         ]
 
-    def _problem(self, row_id: str, path: Path, *, verify: bool = False) -> _Problem | None:
-        """Why ``path`` cannot serve as row ``row_id`` of this catalog, or None if it can.
+    def _problem(self, row_id: str, key: str, *, verify: bool = False) -> _Problem | None:
+        """Why the file ``key`` cannot serve as row ``row_id`` of this catalog, or None if it can.
 
         Checks the file's structure (as :func:`read_model_row` does), that its columns are the
         catalog's and that it holds the row its name says; ``verify=True`` also decodes the row and
         recomputes its checksum. No tensor byte is read otherwise.
         """
+        path = self._path(key)
         try:
-            batch, ctx = read_row_file(path)
+            batch, ctx = self._fetch(key)
             self._check_belongs(batch, row_id, path)
             if verify:
                 verify_row(decode_row(batch, 0, ctx), where=ctx.where, batch=batch)
         except FileNotFoundError:
             return RowFileError, f"{path}: the row file is missing (removed by hand?)"
+        except StorageError:  # the store failed, not the row
+            raise
         except ModelRowsError as exc:
             return type(exc), str(exc)
         return None
@@ -993,7 +1180,7 @@ class Catalog:
         try:
             for i, (row_id, key) in enumerate(sorted(zip(ids, keys, strict=True)), 1):
                 path = self._path(key)
-                problem = self._problem(row_id, path, verify=True)
+                problem = self._problem(row_id, key, verify=True)
                 if problem is None:
                     at = ids.index(row_id)
                     expected = self._partition_dir({k: parts[k][at] for k in self.partition_by})
@@ -1010,6 +1197,115 @@ class Catalog:
         finally:
             close()
         return bad
+
+    # -- retention and aliases ------------------------------------------------------------------------
+    # (thin methods over _retention.py and _aliases.py; docs/training.md has the semantics)
+    def retain(
+        self,
+        *,
+        by: str | None = None,
+        mode: Literal["max", "min"] = "max",
+        keep_top_k: int | None = None,
+        per: Sequence[str] | None = None,
+        keep_last: int | None = None,
+        where: str | None = None,
+        dry_run: bool = False,
+        fsync: bool = True,
+    ) -> list[str]:
+        """Keep the best rows, the latest ones and the aliased ones; delete the rest in one atomic
+        delete. Returns the ids deleted (``dry_run=True``: that would be; nothing is deleted).
+
+        Among the rows ``where`` selects (a SQL condition; all by default), in each group of rows
+        with the same values in the ``per`` columns (the partition columns by default, ``[]`` for
+        one group), keeps the ``keep_top_k`` best by the column ``by`` (highest with
+        ``mode="max"``, lowest with ``"min"``; null and NaN rank last, ties go to the earlier row)
+        and the ``keep_last`` latest; keeps every row an alias points to.
+
+        >>> import tempfile, torch.nn as nn
+        >>> from modelrows import ModelV1, fetch_weights
+        >>> class EpochV1(ModelV1, schema="doc.retain", version=1):
+        ...     run: str
+        ...     accuracy: float
+        >>> catalog = Catalog.create(tempfile.mkdtemp() + "/c", EpochV1, partition_by=["run"])
+        >>> w = fetch_weights(nn.Linear(1, 1))
+        >>> ids = [catalog.append(EpochV1(weights=w, run="a", accuracy=x)) for x in (.5, .9, .7, .6)]
+        >>> catalog.retain(by="accuracy", keep_top_k=2, keep_last=1) == [ids[0]]
+        True
+        """
+        return _retention.retain(
+            self,
+            by=by,
+            mode=mode,
+            keep_top_k=keep_top_k,
+            per=per,
+            keep_last=keep_last,
+            where=where,
+            dry_run=dry_run,
+            fsync=fsync,
+        )
+
+    def alias(
+        self,
+        name: str,
+        row_id: str,
+        *,
+        expected: str | _aliases._NoCheck | None = _aliases.NO_CHECK,
+        fsync: bool = True,
+    ) -> _aliases.Alias:
+        """Point the alias ``name`` to the row ``row_id`` (an existing row; another alias is
+        resolved to its row now); return the new version. ``catalog.get(name)`` then loads it.
+
+        Atomic and safe with concurrent setters: every set creates the next version of the alias
+        (create-if-absent), the latest wins. ``expected=<row id>`` sets it only if it points to
+        that row (``expected=None``: only if it is not set), else raises CatalogError.
+        Names: letters, digits and ``. _ = / % -``, starting with a letter or digit, at most 200
+        characters, never shaped like a row id.
+
+        >>> import tempfile, torch.nn as nn
+        >>> from modelrows import ModelV1, fetch_weights
+        >>> catalog = Catalog.create(tempfile.mkdtemp() + "/c", ModelV1)
+        >>> row_id = catalog.append(ModelV1(weights=fetch_weights(nn.Linear(1, 1))))
+        >>> catalog.alias("production", row_id).sequence
+        1
+        >>> catalog.get("production").row_id == row_id
+        True
+        """
+        return _aliases.set_alias(self, name, row_id, expected=expected, fsync=fsync)
+
+    def unalias(
+        self,
+        name: str,
+        *,
+        expected: str | _aliases._NoCheck | None = _aliases.NO_CHECK,
+        fsync: bool = True,
+    ) -> _aliases.Alias | None:
+        """Remove the alias ``name`` (a tombstone version keeps its history); return that
+        version, or None if it was not set."""
+        return _aliases.remove(self, name, expected=expected, fsync=fsync)
+
+    def aliases(self) -> list[_aliases.Alias]:
+        """Every alias set now: ``Alias(name, row_id, set_at, sequence)``, by name."""
+        return list(_aliases.current_targets(self.store).values())
+
+    def alias_history(self, name: str | None = None) -> list[_aliases.Alias]:
+        """Every version of the alias ``name`` (of every alias when None), oldest first by name;
+        a removal is a version whose ``row_id`` is None."""
+        return _aliases.history(self.store, name)
+
+    def _lookup_entry(
+        self, name: str, *, columns: Sequence[str] | None = None
+    ) -> dict[str, Any] | None:
+        """The index entry of row ``name``, or of the row the alias ``name`` points to (at least
+        ``columns`` of it, when given)."""
+        if _aliases.is_row_id(name):
+            return self._index.lookup(name, columns=columns)
+        target = _aliases.resolve(self, name)
+        if target is None:  # not an alias either: look it up as given
+            return self._index.lookup(name, columns=columns)
+        entry = self._index.lookup(target, columns=columns)
+        if entry is None:
+            raise _aliases.dangling(name, target, self.url)
+        return entry
 
 
 _Problem = tuple[type[ModelRowsError], str]  # what is wrong with a row file: error class, message

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._errors import CatalogError, ModelRowsError
+from .._errors import CatalogError, ModelRowsError, StorageError
 from .._format import INDEX_DIR
 from ._store import Store
 
@@ -122,10 +122,18 @@ def index_schema(file_schema: pa.Schema, weight_columns: Iterable[str]) -> pa.Sc
     return pa.schema([*fields, *EXTRA_FIELDS])
 
 
-def to_parquet(table: pa.Table) -> bytes:
+def to_parquet(table: pa.Table, *, log_entry: bool = False) -> bytes:
+    """Parquet bytes of index rows: segments zstd-compressed; log entries (a few rows, read once
+    by each reader until compaction folds them) plain, which makes writing one a third as
+    costly (zstd's set-up per column dominates a one-row file)."""
     sink = io.BytesIO()
     pq.write_table(
-        table, sink, row_group_size=_ROW_GROUP, compression="zstd", write_statistics=["row_id"]
+        table,
+        sink,
+        row_group_size=_ROW_GROUP,
+        compression="none" if log_entry else "zstd",
+        use_dictionary=not log_entry,
+        write_statistics=["row_id"],
     )
     return sink.getvalue()
 
@@ -264,6 +272,10 @@ class Index:
         """One index file, its bytes checked against the hash in its name, then opened.
         pq.ParquetFile, not pq.read_table, which imports pyarrow.dataset (and with it pandas,
         where installed: seconds of start-up for a command that reads a few kilobytes)."""
+        return pq.ParquetFile(pa.BufferReader(self._checked_bytes(key)))
+
+    def _checked_bytes(self, key: str) -> bytes:
+        """The bytes of one index file, checked against the hash in its name."""
         path = self.store.local_path(key)
         data = path.read_bytes() if path is not None else self.store.get(key)
         expected = _hash_in_name(key)
@@ -273,7 +285,7 @@ class Index:
                 "hash in its name); rebuild the index with catalog.reindex() (or `modelrows "
                 "reindex`)"
             )
-        return pq.ParquetFile(pa.BufferReader(data))
+        return data
 
     def _conform(self, table: pa.Table, key: str) -> pa.Table:
         if key.endswith(".del.parquet"):
@@ -337,13 +349,17 @@ class Index:
     def _snapshot(self) -> Snapshot:
         found = self.manifests()
         if not found:
-            raise CatalogError(f"{self.store.url}: the catalog has no index")
+            raise self._no_index()
         manifest = self._manifest(found[-1][1])
-        log = [k for k, _ in self.store.list(LOG)]
+        log = self.log_entries()
         again = self.manifests()
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
-        base = [self._parquet(k) for k in manifest.segments]
+        try:
+            base = [self._parquet(k) for k in manifest.segments]
+        except StaleRead as stale:
+            self._check_still_newest(manifest, str(stale))
+            raise
         adds, deletes = [], set()
         for key in log:
             name = key[len(LOG) :]
@@ -369,26 +385,76 @@ class Index:
             mask = pc.is_in(table.column("row_id"), value_set=pa.array(sorted(deleted)))
             removed = table.filter(mask).select(["row_id", PATH])
             table = table.filter(pc.invert(mask))
+        keep = {*manifest.segments, *log}
+        with self._lock:  # forget what no longer makes the index (a compaction replaced it)
+            for key in [k for k in self._cache if k not in keep]:
+                del self._cache[key]
         return Snapshot(manifest, table, log, new_rows, frozenset(deletes), removed)
 
-    def lookup(self, row_id: str) -> dict[str, Any] | None:
-        """The index row of ``row_id``, reading only what can hold it (not every segment row)."""
+    def _no_index(self) -> CatalogError:
+        return CatalogError(
+            f"{self.store.url}: the catalog has no index ({MANIFESTS} is empty or gone); rebuild "
+            "it from the row files with catalog.reindex() (or `modelrows reindex`)"
+        )
+
+    def _check_still_newest(self, manifest: Manifest, segment: str) -> None:
+        """A segment of ``manifest`` is gone: a race if a newer manifest replaced it (read
+        again), damage if it is still the newest (no compactor removes the newest's segments)."""
+        found = self.manifests()
+        if found and found[-1][1] == manifest.key:
+            raise CatalogError(
+                f"{self.store.url}/{segment}: this segment of the index is missing (the newest "
+                f"manifest, {manifest.key}, names it); rebuild the index from the row files with "
+                "catalog.reindex() (or `modelrows reindex`)"
+            )
+
+    def count(self) -> int | None:
+        """The number of live rows when the newest manifest describes them all (every log entry
+        present is one it covers), read from the manifest alone; None otherwise."""
         for _ in range(_RETRIES):
             try:
-                return self._lookup(row_id)
+                manifest, log = self._manifest_and_log()
+            except StaleRead:
+                continue
+            if any(key[len(LOG) :] not in manifest.covered for key in log):
+                return None
+            try:  # the segments are checked as every read checks them, not parsed
+                for key in manifest.segments:
+                    with self._lock:
+                        cached = key in self._cache
+                    if not cached:
+                        self._checked_bytes(key)
+            except FileNotFoundError:
+                self._check_still_newest(manifest, key)  # damage, unless a compaction moved on
+                continue  # a compaction moved on: read again
+            return manifest.rows
+        raise CatalogError(f"{self.store.url}: the index kept changing while being read")
+
+    def _manifest_and_log(self) -> tuple[Manifest, list[str]]:
+        """The newest manifest and the log as present with it (StaleRead if a newer manifest
+        appeared meanwhile)."""
+        found = self.manifests()
+        if not found:
+            raise self._no_index()
+        manifest = self._manifest(found[-1][1])
+        log = self.log_entries()
+        again = self.manifests()
+        if not again or again[-1][1] != found[-1][1]:
+            raise StaleRead(found[-1][1])
+        return manifest, log
+
+    def lookup(self, row_id: str, *, columns: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """The index row of ``row_id`` (at least ``columns`` of it, when given), reading only
+        what can hold it: not every segment row, nor every column."""
+        for _ in range(_RETRIES):
+            try:
+                return self._lookup(row_id, columns)
             except StaleRead:
                 continue
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
-    def _lookup(self, row_id: str) -> dict[str, Any] | None:
-        found = self.manifests()
-        if not found:
-            raise CatalogError(f"{self.store.url}: the catalog has no index")
-        manifest = self._manifest(found[-1][1])
-        log = [k for k, _ in self.store.list(LOG)]
-        again = self.manifests()
-        if not again or again[-1][1] != found[-1][1]:
-            raise StaleRead(found[-1][1])
+    def _lookup(self, row_id: str, columns: Sequence[str] | None) -> dict[str, Any] | None:
+        manifest, log = self._manifest_and_log()
         if row_id in manifest.deleted:
             return None
         hit: dict[str, Any] | None = None
@@ -407,17 +473,22 @@ class Index:
         if hit is not None:
             return hit
         for key in manifest.segments:
-            rows = self._segment_rows(key, row_id)
+            try:
+                rows = self._segment_rows(key, row_id, columns)
+            except StaleRead:
+                self._check_still_newest(manifest, key)
+                raise
             if rows.num_rows:
                 first: dict[str, Any] = rows.slice(0, 1).to_pylist()[0]
                 return first
         return None
 
-    def _segment_rows(self, key: str, row_id: str) -> pa.Table:
+    def _segment_rows(self, key: str, row_id: str, columns: Sequence[str] | None) -> pa.Table:
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached.filter(pc.equal(cached.column("row_id"), row_id))
+        names = None if columns is None else list(dict.fromkeys(["row_id", *columns]))
         try:
             pf = self._open_parquet(key)
             column = pf.schema_arrow.get_field_index("row_id")
@@ -427,14 +498,17 @@ class Index:
                 if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
                     groups.append(i)
             table = (
-                pf.read_row_groups(groups)
+                pf.read_row_groups(groups, columns=names)
                 if groups
                 else pa.Table.from_batches([], schema=pf.schema_arrow)
             )
             table = table.filter(pc.equal(table.column("row_id"), row_id))
+            if names is not None:  # only these columns, conformed to the catalog's types
+                schema = pa.schema([self.schema.field(n) for n in names])
+                return table.select(names).cast(schema)
         except FileNotFoundError:
             raise StaleRead(key) from None
-        except (pa.ArrowException, OSError, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
             raise CatalogError(
                 f"{self.store.url}/{key}: the index file cannot be read ({exc}); rebuild the "
                 "index with catalog.reindex() (or `modelrows reindex`)"
@@ -444,7 +518,7 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
-        data = to_parquet(rows)
+        data = to_parquet(rows, log_entry=True)
         key = f"{LOG}{first_id}.{_digest(data)}.add.parquet"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
@@ -452,7 +526,7 @@ class Index:
     def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
         """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
         table = pa.table({"row_id": pa.array(sorted(row_ids), pa.string())})
-        data = to_parquet(table)
+        data = to_parquet(table, log_entry=True)
         key = f"{LOG}{new_id()}.{_digest(data)}.del.parquet"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already")  # pragma: no cover
@@ -463,13 +537,42 @@ class Index:
         if not self.manifests():
             self.store.put_if_absent(manifest_key(0), Manifest(0).to_bytes())
 
+    def log_entries(self) -> list[str]:
+        """The keys of the log's entries, oldest first; never a writer's temporary file (which
+        becomes an entry under another name when it is linked, and must not be covered or
+        removed meanwhile)."""
+        return [k for k, _ in self.store.list(LOG) if _is_entry(k[len(LOG) :])]
+
     def log_size(self) -> int:
-        return len(self.store.list(LOG))
+        return len(self.log_entries())
 
     def compact(self, *, full: bool = False, fsync: bool = True) -> Manifest | None:
         """Fold the log into a segment (``full``: merge every segment into one, dropping deleted
         rows); return the new manifest, or None if another compactor published first or there
         was nothing to do."""
+        written: list[str] = []
+        try:
+            return self._compact(full=full, fsync=fsync, written=written)
+        except StorageError as exc:  # say whether the new state was published
+            published = exc.visible and MANIFESTS in (exc.path or "")
+            if not published:
+                with contextlib.suppress(ModelRowsError, OSError):
+                    for key in written:  # nobody's: take it back (vacuum does if this fails)
+                        self.store.delete(key)
+            raise StorageError(
+                f"compacting the index of {self.store.url} failed at step {exc.step!r} of "
+                f"{exc.path}: {exc.__cause__}. "
+                + (
+                    "The compacted index is published but may not be durable yet."
+                    if published
+                    else "The index is unchanged; compact again once the cause is fixed."
+                ),
+                path=exc.path,
+                step=exc.step,
+                visible=published,
+            ) from exc.__cause__
+
+    def _compact(self, *, full: bool, fsync: bool, written: list[str]) -> Manifest | None:
         snap = self.snapshot()
         old = snap.manifest
         assert old is not None
@@ -481,13 +584,11 @@ class Index:
         )
         if not uncovered and not (merge and (deleted or len(old.segments) > 1)):
             return None
-        written: list[str] = []
         if merge:
             live = snap.table
             segments: tuple[str, ...] = ()
             if live.num_rows:
-                key = self._write_segment(live, fsync=fsync)
-                written.append(key)
+                key = self._write_segment(live, fsync=fsync, written=written)
                 segments = (key,)
             kept: frozenset[str] = frozenset()
         else:
@@ -497,8 +598,7 @@ class Index:
                 mask = pc.is_in(new_rows.column("row_id"), value_set=pa.array(sorted(deleted)))
                 new_rows = new_rows.filter(pc.invert(mask))
             if new_rows is not None and new_rows.num_rows:
-                key = self._write_segment(new_rows, fsync=fsync)
-                written.append(key)
+                key = self._write_segment(new_rows, fsync=fsync, written=written)
                 segments = (*segments, key)
             # a delete of a row that is still in its add entry needs no record: that row is
             # simply left out of the new segment
@@ -519,9 +619,10 @@ class Index:
         self._after_publish(manifest, old)
         return manifest
 
-    def _write_segment(self, rows: pa.Table, *, fsync: bool) -> str:
+    def _write_segment(self, rows: pa.Table, *, fsync: bool, written: list[str]) -> str:
         data = to_parquet(rows.sort_by("row_id"))
         key = f"{SEGMENTS}{new_id()}.{_digest(data)}.parquet"
+        written.append(key)  # before it exists: a failure after its link takes it back too
         self.store.put_if_absent(key, data, fsync=fsync)
         return key
 
@@ -529,6 +630,12 @@ class Index:
         """Housekeeping once ``manifest`` is published; any of it may be lost to a crash, and the
         next compaction (or vacuum) does it then."""
         with contextlib.suppress(ModelRowsError, OSError):
+            if any(seq > manifest.sequence for seq, _ in self.manifests()):
+                # superseded already, or published late: a compactor paused long enough for
+                # others to publish past our sequence number and remove it, which create-if-absent
+                # then let us take again. Segments of the newer manifests are not in ``referenced``
+                # (old ones would be removed as orphans); their compactors do the housekeeping.
+                return
             for name in manifest.covered:
                 self.store.delete(LOG + name)
             keep = {manifest.sequence, old.sequence}
@@ -546,36 +653,93 @@ class Index:
         now = time.time()
         removed = []
         for key, _ in self.store.list(SEGMENTS):
-            if key in referenced:
-                continue
             name = key[len(SEGMENTS) :]
+            if key in referenced or name.startswith(".") or not name.endswith(".parquet"):
+                continue  # in use, or a compactor's temporary file (cleanup_uploads' business)
             if now - id_time(name) > older_than:
                 self.store.delete(key)
                 removed.append(key)
         return removed
 
-    def rebuild(self, rows: pa.Table, log_seen: Iterable[str], *, fsync: bool = True) -> Manifest:
+    def rebuild(
+        self,
+        rows: pa.Table,
+        log_seen: Iterable[str],
+        *,
+        fsync: bool = True,
+        since: int | None = None,
+        listed: Iterable[str] | None = None,
+    ) -> Manifest:
         """Publish an index made of ``rows`` (read from the row files), covering the log entries
-        ``log_seen`` (whose rows and deletes the caller applied), whatever state the index is in."""
-        written = []
-        segments: tuple[str, ...] = ()
-        if rows.num_rows:
-            key = self._write_segment(rows, fsync=fsync)
-            written.append(key)
-            segments = (key,)
-        for _ in range(_RETRIES):
-            found = self.manifests()
-            sequence = found[-1][0] + 1 if found else 0
-            manifest = Manifest(sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows)
-            if self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
-                with contextlib.suppress(ModelRowsError, OSError):
-                    for seq, key in found:
-                        if seq < sequence - 1:
-                            self.store.delete(key)
-                return manifest
+        ``log_seen`` (whose rows and deletes the caller applied), whatever state the index is in.
+
+        ``since`` is the newest manifest's sequence when the caller listed the log (None: none),
+        ``listed`` the row ids whose files it then listed. A state published after that (by a
+        compaction, which removes the log entries it folds) is merged in: its rows whose files
+        were not listed (appended meanwhile), less the rows it deleted."""
+        written: list[str] = []
+        segments: tuple[str, ...] | None = None
+        known = set(listed) if listed is not None else None
+        try:
+            for _ in range(_RETRIES):
+                found = self.manifests()
+                newest = found[-1][0] if found else None
+                if known is not None and newest is not None and newest != since:
+                    rows, since, segments = self._catch_up(rows, known), newest, None
+                if segments is None:  # (again) for these rows
+                    for key in written:
+                        self.store.delete(key)
+                    written.clear()
+                    segments = ()
+                    if rows.num_rows:
+                        segments = (self._write_segment(rows, fsync=fsync, written=written),)
+                sequence = newest + 1 if newest is not None else 0
+                manifest = Manifest(
+                    sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows
+                )
+                if self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
+                    with contextlib.suppress(ModelRowsError, OSError):
+                        for seq, key in found:
+                            if seq < sequence - 1:
+                                self.store.delete(key)
+                    return manifest
+        except BaseException:
+            with contextlib.suppress(ModelRowsError, OSError):
+                for key in written:
+                    self.store.delete(key)
+            raise
         for key in written:
             self.store.delete(key)
         raise CatalogError(f"{self.store.url}: could not publish the rebuilt index")
+
+    def _catch_up(self, rows: pa.Table, listed: set[str]) -> pa.Table:
+        """``rows``, rebuilt from the row files ``listed``, with what the index published since:
+        the rows whose files appeared after the listing, less the rows deleted (whose delete
+        entries a compaction may have folded and removed: the rebuild never saw them)."""
+        try:
+            snap = self.snapshot()
+        except CatalogError:  # unreadable (why it is rebuilt): nothing to merge
+            return rows
+        assert snap.manifest is not None
+        deleted = snap.manifest.deleted | snap.new_deletes
+        keep = [
+            i
+            for i, (row_id, key) in enumerate(
+                zip(rows.column("row_id").to_pylist(), rows.column(PATH).to_pylist(), strict=True)
+            )
+            if row_id not in deleted and self.store.size(key) is not None  # else: deleted, purged
+        ]
+        table = snap.table
+        appended = table.filter(
+            pc.invert(
+                pc.is_in(table.column("row_id"), value_set=pa.array(sorted(listed), pa.string()))
+            )
+        )
+        return pa.concat_tables([rows.take(pa.array(keep, pa.int64())), appended])
+
+
+def _is_entry(name: str) -> bool:
+    return name.endswith((".add.parquet", ".del.parquet")) and not name.startswith(".")
 
 
 def _digest(data: bytes) -> str:

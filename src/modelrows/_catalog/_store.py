@@ -5,7 +5,7 @@ through a :class:`Store`, and uses nothing but these primitives, which every obj
 
 - create-if-absent of a new object (``put_if_absent``, ``put_stream_if_absent``): here a hard link
   of a fully written temporary file, or ``O_EXCL``; on S3 a conditional PUT (``If-None-Match``);
-- read a whole object or byte ranges of it (``get``, ``get_ranges``);
+- read a whole object or byte ranges of it (``get``, ``read_all``, ``get_ranges``);
 - list the keys under a prefix (``list``);
 - delete an object (``delete``).
 
@@ -46,6 +46,10 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes:
         """The whole object; FileNotFoundError if it is absent."""
+
+    def read_all(self, key: str) -> bytearray:
+        """The whole object in a writable buffer of its own (a large one fetched in parallel
+        where the store allows); FileNotFoundError if it is absent."""
 
     def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Byte ranges ``[start, end)`` of ``key``; FileNotFoundError if it is absent."""
@@ -129,6 +133,18 @@ class LocalStore:
 
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def read_all(self, key: str) -> bytearray:
+        with open(self.root / key, "rb") as f:
+            buffer = bytearray(os.fstat(f.fileno()).st_size)
+            view = memoryview(buffer)
+            done = 0
+            while done < len(buffer):
+                got = f.readinto(view[done:])
+                if not got:  # the file shrank while being read
+                    return buffer[:done]
+                done += got
+        return buffer
 
     def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         out = []

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from .._errors import CatalogError, CommandLineError, ModelRowsError
+from .._format import ROW_FILE_SUFFIX
+from .._location import is_url, local_path
 
 try:
     import typer
@@ -255,18 +257,22 @@ def _misplaced(text: str) -> str | None:
     return None
 
 
-def catalog_path(positional: str | None, option: str | None) -> Path:
+def catalog_path(positional: str | None, option: str | None) -> Path | str:
+    """The catalog's directory, or its URL (a string) on object storage (``s3://``)."""
     if positional is not None and option is not None:
         raise CommandLineError(
             f"two catalogs given ({positional!r} and --catalog {option!r}); give one"
         )
-    return Path(positional or option or os.environ.get(ENV_CATALOG) or DEFAULT_CATALOG)
+    given = positional or option or os.environ.get(ENV_CATALOG) or DEFAULT_CATALOG
+    if is_url(given) and not given.lower().startswith("file://"):
+        return given  # Catalog.open says what it makes of it
+    return local_path(given, what="a catalog")
 
 
 def open_catalog(positional: str | None, option: str | None, *, usage: str = "") -> Catalog:
     """The catalog named by the argument, the option, ``$MODELROWS_CATALOG`` or the default."""
     root = catalog_path(positional, option)
-    if not root.exists():
+    if isinstance(root, Path) and not root.exists():
         given = positional or option
         looks = _misplaced(given) if given else None
         if looks == "a query":
@@ -292,7 +298,35 @@ def open_catalog(positional: str | None, option: str | None, *, usage: str = "")
         )
     from .. import Catalog
 
+    pyarrow_without_pandas()
     return Catalog.open(root)
+
+
+class _NoPandas:
+    """An import hook that says pandas is not installed (used for one moment, see below)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def pyarrow_without_pandas() -> None:
+    """Tell pyarrow, in this command's process, that pandas is absent.
+
+    pyarrow imports pandas (when installed) on its first conversion of Python values, to check
+    for pandas objects: a second or more of start-up, for a command that never makes or takes a
+    pandas object. pyarrow asks once and remembers the answer, so the hook is in place only for
+    that question; `import pandas` still works afterwards (in a module given with --import)."""
+    if "pandas" in sys.modules:
+        return  # loaded already (pyarrow asked already, or a --import module): nothing to save
+    hook = _NoPandas()
+    sys.meta_path.insert(0, hook)
+    try:
+        import pyarrow as pa
+
+        pa.lib._pandas_api.have_pandas  # noqa: B018  (asks now, with the hook in place)
+    finally:
+        sys.meta_path.remove(hook)
 
 
 def catalog_and(
@@ -319,6 +353,22 @@ def catalog_and(
     if second is None:
         return open_catalog(None, option, usage=usage), first
     return open_catalog(first, None, usage=usage), second
+
+
+def names_a_row_url(arg: str) -> bool:
+    """Whether a lone argument is a row file on object storage (``s3://.../x.model.arrow``)."""
+    return is_url(arg) and not arg.lower().startswith("file://") and arg.endswith(ROW_FILE_SUFFIX)
+
+
+def names_a_catalog(arg: str) -> bool:
+    """Whether a lone argument is a catalog: a directory, or a URL of anything but a row file
+    (``s3://bucket/ckpts``, not ``s3://bucket/best.model.arrow``)."""
+    if is_url(arg) and not arg.lower().startswith("file://"):
+        return not arg.endswith(ROW_FILE_SUFFIX)
+    try:
+        return local_path(arg, what="a catalog").is_dir()
+    except ModelRowsError:
+        return False
 
 
 def declare_rows(modules: Sequence[str] = ()) -> None:

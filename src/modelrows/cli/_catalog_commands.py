@@ -1,4 +1,5 @@
-"""The commands that change a catalog's index: ``delete``, ``compact``, ``reindex``.
+"""The commands that change a catalog's index: ``delete``, ``compact``, ``reindex``, and
+``retain`` and ``alias`` (whose work is in ``_training_commands``).
 
 Like every command, they import the library when they run and use its public API only.
 """
@@ -10,7 +11,19 @@ from typing import Annotated
 
 import typer
 
-from ._app import CatalogArg, CatalogOpt, WhereOpt, app, fail, open_catalog, stderr, stdout
+from ._app import (
+    CatalogArg,
+    CatalogOpt,
+    Format,
+    FormatOpt,
+    WhereOpt,
+    app,
+    fail,
+    open_catalog,
+    stderr,
+    stdout,
+)
+from ._training_commands import CommandResult, alias_command, retain_command
 
 
 @app.command("delete")
@@ -107,3 +120,85 @@ def reindex(catalog: CatalogArg = None, catalog_opt: CatalogOpt = None) -> None:
     cat = open_catalog(catalog, catalog_opt)
     n = cat.reindex(progress=None)
     stdout().print(f"indexed {n} row{'s' if n != 1 else ''}")
+
+
+def _emit(result: CommandResult, fmt: Format | None) -> None:
+    """Print a retain/alias result: its table (if any) as tables are printed, its line on stderr."""
+    from ._render import emit_table
+
+    if result.table is not None:
+        emit_table(result.table, fmt)
+    stderr().print(result.message, soft_wrap=True)
+
+
+@app.command("retain")
+def retain(
+    catalog: CatalogArg = None,
+    by: Annotated[str | None, typer.Option("--by", help="The metric column to rank by.")] = None,
+    lowest: Annotated[bool, typer.Option("--min", help="The lowest value is best.")] = False,
+    keep_top_k: Annotated[int | None, typer.Option("--keep-top-k", min=0)] = None,
+    keep_last: Annotated[int | None, typer.Option("--keep-last", min=0)] = None,
+    per: Annotated[list[str] | None, typer.Option("--per", help="Group by (repeat).")] = None,
+    everything: Annotated[
+        bool, typer.Option("--all-one-group", help="Rank all rows as one group.")
+    ] = False,
+    where: WhereOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go; delete nothing.")
+    ] = False,
+    fmt: FormatOpt = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """Keep the best k rows per group by a metric, the latest n, and every aliased row; delete
+    the rest (one atomic delete).
+
+    **Example**
+
+    ```
+    $ modelrows retain runs/digits --by val_loss --min --keep-top-k 3 --keep-last 1 --dry-run
+    ```
+    """
+    result = retain_command(
+        open_catalog(catalog, catalog_opt),
+        by=by,
+        mode="min" if lowest else "max",
+        keep_top_k=keep_top_k,
+        keep_last=keep_last,
+        per=[] if everything else per,
+        where=where,
+        dry_run=dry_run,
+    )
+    _emit(result, fmt)
+
+
+@app.command("alias")
+def alias(
+    name: Annotated[str | None, typer.Argument(help="The alias (e.g. production).")] = None,
+    row: Annotated[str | None, typer.Argument(help="A row id or another alias.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the alias.")] = False,
+    history: Annotated[bool, typer.Option("--history", help="Every version of it.")] = False,
+    expected: Annotated[
+        str | None, typer.Option("--expected", help="Move it only if it points here now.")
+    ] = None,
+    fmt: FormatOpt = None,
+    catalog_opt: CatalogOpt = None,
+) -> None:
+    """List the aliases, show one (`--history`: every version), set one to a row, or remove it.
+
+    The catalog comes from `--catalog`, `$MODELROWS_CATALOG` or `./catalog`.
+
+    **Example**
+
+    ```
+    $ modelrows alias production 01JD3ZK6Q8V2W4T7N9B5C1X0AA --catalog runs/digits
+    ```
+    """
+    result = alias_command(
+        open_catalog(None, catalog_opt),
+        name,
+        row,
+        remove=remove,
+        history=history,
+        expected=expected,
+    )
+    _emit(result, fmt)

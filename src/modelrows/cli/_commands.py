@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .._errors import CatalogError, CommandLineError
+from .._location import is_url
 from ._app import (
     ENV_IMPORT,
     CatalogArg,
@@ -33,6 +34,8 @@ from ._app import (
     catalog_path,
     declare_rows,
     fail,
+    names_a_catalog,
+    names_a_row_url,
     open_catalog,
     stderr,
     stdout,
@@ -67,7 +70,7 @@ def check_column(catalog: Catalog, name: str, *, use: str) -> str:
     """``name`` quoted for SQL, or an error suggesting the nearest columns."""
     names = columns(catalog)
     if name not in names:
-        raise unknown(f"cannot {use}", name, names, where=str(catalog.root))
+        raise unknown(f"cannot {use}", name, names, where=catalog.url)
     return quote(name)
 
 
@@ -142,9 +145,10 @@ def lone_catalog(arg: str, option: str | None) -> Catalog | None:
 
     A row is named by id or alias (``run=r1/best``), so only an existing file is taken for one;
     an argument that looks like a path is said to be missing when there is no catalog either."""
-    if option is None and Path(arg).is_file():
+    if option is None and (Path(arg).is_file() or names_a_row_url(arg)):
         return None
-    if option is None and _pathlike(arg) and not catalog_path(None, None).exists():
+    default = catalog_path(None, None)
+    if option is None and _pathlike(arg) and isinstance(default, Path) and not default.exists():
         raise CommandLineError(f"{arg}: no such file")
     return open_catalog(None, option)
 
@@ -158,7 +162,7 @@ def get_row(catalog: Catalog, spec: str, *, lone: bool) -> Row:
     except RowNotFoundError:
         if lone and _pathlike(spec):
             raise CommandLineError(
-                f"{spec}: no such file, nor a row of the catalog at {catalog.root}"
+                f"{spec}: no such file, nor a row of the catalog at {catalog.url}"
             ) from None
         raise
 
@@ -313,7 +317,7 @@ def best(
     )
     if table.num_rows == 0:
         fail(
-            f"no row of {cat.root} has a value for {by!r}" + (f" where {where}" if where else ""),
+            f"no row of {cat.url} has a value for {by!r}" + (f" where {where}" if where else ""),
             code=1,
         )
     emit_record(table.to_pylist()[0], fmt, raw=raw)
@@ -365,7 +369,7 @@ def _weights_facts(weights: Weights) -> dict[str, Any]:
     }
 
 
-def _row_facts(row: Row, *, path: Path | None, types: Mapping[str, str]) -> dict[str, Any]:
+def _row_facts(row: Row, *, path: Path | str | None, types: Mapping[str, str]) -> dict[str, Any]:
     """Everything ``show`` prints about a row, as plain data."""
     from .. import Weights
 
@@ -466,7 +470,7 @@ def _print_row(facts: Mapping[str, Any]) -> None:
 def _describe_catalog(cat: Catalog) -> dict[str, Any]:
     wt = weights_type(cat)
     return {
-        "catalog": str(cat.root),
+        "catalog": cat.url,
         "schema": cat.schema,
         "chain": _chain(cat.schema, cat.row_class),
         "partition_by": list(cat.partition_by),
@@ -544,7 +548,7 @@ def show(
         catalog, target = catalog_and(
             first, second, catalog_opt, what="ROW_ID", usage="modelrows show CATALOG ROW_ID"
         )
-    elif first is None or (catalog_opt is None and Path(first).is_dir()):
+    elif first is None or (catalog_opt is None and names_a_catalog(first)):
         described = _describe_catalog(open_catalog(first, catalog_opt))
         if fmt is ShowFormat.json:
             sys.stdout.write(json.dumps(described, indent=2) + "\n")
@@ -555,12 +559,12 @@ def show(
         catalog, target = lone_catalog(first, catalog_opt), first
     if catalog is not None:
         row = get_row(catalog, target, lone=second is None)
-        path: Path | None = catalog.path_of(_row_id(row) or target)
+        path: Path | str | None = catalog.path_of(_row_id(row) or target)
         types = {f.name: str(f.type) for f in catalog.arrow_schema}
     else:
         from .. import read_model_row
 
-        row, path, types = read_model_row(target), Path(target), {}
+        row, path, types = read_model_row(target), target if is_url(target) else Path(target), {}
     facts = _row_facts(row, path=path, types=types)
     if fmt is ShowFormat.json:
         sys.stdout.write(json.dumps(jsonable(facts), indent=2) + "\n")
@@ -612,9 +616,9 @@ def verify(catalog: CatalogArg = None, catalog_opt: CatalogOpt = None) -> None:
         total = int(bar.tasks[0].total or 0)
     out = stdout()
     if not bad:
-        out.print(f"{total} rows verified in {escape(str(cat.root))}: all intact")
+        out.print(f"{total} rows verified in {escape(cat.url)}: all intact")
         return
-    out.print(f"{len(bad)} of {total} rows are corrupt in {escape(str(cat.root))}:")
+    out.print(f"{len(bad)} of {total} rows are corrupt in {escape(cat.url)}:")
     for row_id, _path, problem in bad:
         out.print(Text.assemble("  ", (row_id, "bold red"), "  ", problem), soft_wrap=True)
     raise typer.Exit(1)
@@ -791,7 +795,7 @@ def plot(
         found = _default_y(cat, {x} | ({group} if group else set()))
         if found is None:
             raise CommandLineError(
-                f"{cat.root} has no numeric column to plot besides {x}; name one with --y "
+                f"{cat.url} has no numeric column to plot besides {x}; name one with --y "
                 f"(columns: {', '.join(names)})"
             )
         y = [found]
@@ -834,7 +838,7 @@ def plot(
             panels.append(Panel(column, segments, lowest, best, overall))
     if not panels:
         fail(
-            f"nothing to plot: no row of {cat.root} has both {x} and {' or '.join(y)}"
+            f"nothing to plot: no row of {cat.url} has both {x} and {' or '.join(y)}"
             + (f" where {where}" if where else ""),
             code=1,
         )
@@ -845,7 +849,7 @@ def plot(
         x=x,
         by=group,
         log_y=log_y,
-        title=title or f"{', '.join(y)} by {x}: {cat.root.name}",
+        title=title or f"{', '.join(y)} by {x}: {cat.url.rstrip('/').rsplit('/', 1)[-1]}",
     )
     try:
         fig.savefig(path, format=kind)
@@ -1073,7 +1077,7 @@ def import_(
     if row_class.__qualified__ != cat.schema:
         missing = [c["schema"] for c in _chain(cat.schema, row_class) if not c["declared_by"]]
         raise CommandLineError(
-            f"{cat.root} holds {cat.schema} rows, but {', '.join(missing)} is not declared in this "
+            f"{cat.url} holds {cat.schema} rows, but {', '.join(missing)} is not declared in this "
             f"process; name the module that declares it: --module my_pkg.rows (or set {ENV_IMPORT})"
         )
     values = _parse_sets(sets or [], row_class)
@@ -1081,7 +1085,7 @@ def import_(
     row_id = cat.append(row)
     (weights,) = [v for v in row.to_dict().values() if isinstance(v, Weights)]  # others unset
     stderr().print(
-        f"imported {escape(str(file))} to {escape(str(cat.root))} as row {row_id}: "
+        f"imported {escape(str(file))} to {escape(cat.url)} as row {row_id}: "
         f"{len(weights)} tensors, {weights.nbytes:,} bytes",
         soft_wrap=True,
     )

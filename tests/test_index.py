@@ -1,0 +1,615 @@
+"""The catalog index's protocol, step by step (src/modelrows/_catalog/_index.py): racing
+compactors, readers that lose a manifest or a log entry under them, automatic compaction,
+deletes that are all or nothing, and reindex restoring a lost or damaged index.
+
+The races are made deterministic by interleaving: a store primitive of one catalog object is
+wrapped so that another catalog object (another "process" on the same files) acts at exactly the
+instant under test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import workers
+from modelrows import Catalog, CatalogError, ModelV1, RowNotFoundError, fetch_weights
+from modelrows._catalog import _index
+from modelrows._catalog._index import LOG, MANIFESTS, SEGMENTS
+
+
+class IndexRowV1(ModelV1, schema="index.unit", version=1):
+    run: str
+    epoch: int
+    accuracy: float | None = None
+
+
+def row(epoch: int, run: str = "a") -> IndexRowV1:
+    weights = fetch_weights({"w": torch.full((4,), float(epoch))})
+    return IndexRowV1(weights=weights, run=run, epoch=epoch, accuracy=epoch / 100)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    Catalog.create(tmp_path / "c", IndexRowV1, partition_by=["run"])
+    return tmp_path / "c"
+
+
+def fill(catalog: Catalog, epochs: range, run: str = "a") -> list[str]:
+    return [catalog.append(row(e, run), fsync=False) for e in epochs]
+
+
+def answers(catalog: Catalog) -> dict[str, Any]:
+    """What the queries a user runs answer: every row's columns, len, scan, sql, best, get."""
+    table = catalog.index_table()
+    ids = sorted(table.column("row_id").to_pylist())
+    best = catalog.best("accuracy")
+    return {
+        "rows": sorted(
+            zip(
+                table.column("row_id").to_pylist(),
+                table.column("run").to_pylist(),
+                table.column("epoch").to_pylist(),
+                table.column("_path").to_pylist(),
+                strict=True,
+            )
+        ),
+        "len": len(catalog),
+        "scan": sorted(catalog.scan().select("row_id").collect()["row_id"].to_list()),
+        "sql": catalog.sql(
+            "SELECT run, count(*), sum(epoch) FROM models GROUP BY run ORDER BY run"
+        ).fetchall(),
+        "best": None if best is None else best.row_id,  # type: ignore[attr-defined]
+        "get": [catalog.get(i).epoch for i in ids],  # type: ignore[attr-defined]
+    }
+
+
+def keys(root: Path, prefix: str) -> list[str]:
+    base = root / prefix
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+
+
+def live_ids(catalog: Catalog) -> list[str]:
+    return sorted(catalog.index_table().column("row_id").to_pylist())
+
+
+def intercept(
+    monkeypatch: pytest.MonkeyPatch, obj: object, name: str, before: Callable[..., bool]
+) -> list[int]:
+    """Wrap ``obj.name`` so that ``before(*args)`` runs first; it returns whether it acted (it
+    acts once). Returns a list that counts the wrapped calls."""
+    real = getattr(obj, name)
+    calls = [0]
+    acted = [False]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if not acted[0]:
+            acted[0] = before(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, wrapper)
+    return calls
+
+
+# -- compactors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["full", "fold"])
+def test_two_compactors_race_one_wins_and_the_loser_leaves_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch, full: bool
+) -> None:
+    loser, winner = Catalog.open(root), Catalog.open(root)
+    ids = fill(loser, range(6))
+    loser.delete([ids[0]], fsync=False)
+    before = answers(Catalog.open(root))
+    won: list[bool] = []
+
+    def race(key: str, *args: Any, **kwargs: Any) -> bool:
+        if not key.startswith(MANIFESTS):
+            return False  # the loser's segment: written; now the winner publishes first
+        won.append(winner.compact(full=full, fsync=False))
+        return True
+
+    intercept(monkeypatch, loser.store, "put_if_absent", race)
+    assert loser.compact(full=full, fsync=False) is False
+    assert won == [True]
+    winning = Catalog.open(root)._index.latest()
+    assert winning is not None and winning.sequence == 1 and len(winning.segments) == 1
+    # the winner's segment, none of the loser's
+    assert [SEGMENTS + k for k in keys(root, SEGMENTS)] == list(winning.segments)
+    assert keys(root, MANIFESTS) == ["00000000000000000000.json", "00000000000000000001.json"]
+    assert keys(root, LOG) == []  # the winner's housekeeping
+    assert not list(root.rglob("*.tmp"))
+    assert answers(Catalog.open(root)) == before
+    assert not list(root.glob(f"run=a/{ids[0]}.*"))  # the deleted row's file is gone
+
+
+def test_a_compactor_paused_until_its_sequence_number_was_recycled_breaks_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compactor that read manifest 1, then paused (ten minutes, say) while others published
+    2, 3 and 4 and removed 2, publishes manifest 2 again when it wakes: a stale state nobody reads
+    (readers take the newest). Its housekeeping must not treat the newest manifest's segments
+    as orphans."""
+    paused, others = Catalog.open(root), Catalog.open(root)
+    fill(paused, range(2))
+    paused.compact(full=False, fsync=False)
+    fill(paused, range(2, 3))
+    real_time = time.time
+
+    def others_move_on(key: str, *args: Any, **kwargs: Any) -> bool:
+        if not key.startswith(MANIFESTS):
+            return False
+        for epoch in range(10, 13):
+            fill(others, range(epoch, epoch + 1))
+            assert others.compact(full=False, fsync=False)
+        # the pause lasted past the age under which a segment is presumed in the making
+        monkeypatch.setattr(_index.time, "time", lambda: real_time() + 3600)
+        return True
+
+    intercept(monkeypatch, paused.store, "put_if_absent", others_move_on)
+    paused.compact(full=False, fsync=False)
+    fresh = Catalog.open(root)
+    assert sorted(r[2] for r in answers(fresh)["rows"]) == [0, 1, 2, 10, 11, 12]
+    assert fresh.verify() == []
+
+
+def test_compaction_never_takes_an_appenders_index_entry_in_the_making(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction that lists the log while an append's entry is still a temporary file must
+    neither cover nor remove that file: the append links it a moment later."""
+    appender, compactor = Catalog.open(root), Catalog.open(root)
+    fill(appender, range(2))
+    real_link = os.link
+
+    def compact_first(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+        if "/_index/log/" in str(dst) and not compacted:
+            assert any(name.endswith(".tmp") for name in os.listdir(root / LOG))
+            compacted.append(compactor.compact(fsync=False))
+        return real_link(src, dst, *args, **kwargs)
+
+    compacted: list[bool] = []
+    monkeypatch.setattr(os, "link", compact_first)
+    new = appender.append(row(7), fsync=False)  # no error
+    monkeypatch.undo()
+    assert compacted == [True]
+    manifest = Catalog.open(root)._index.latest()
+    assert manifest is not None and not any(name.endswith(".tmp") for name in manifest.covered)
+    assert new in live_ids(Catalog.open(root)) and len(Catalog.open(root)) == 3
+
+
+def test_compaction_never_takes_another_compactors_segment_in_the_making(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = Catalog.open(root), Catalog.open(root)
+    fill(first, range(3))
+    real_link = os.link
+    done: list[bool] = []
+
+    def other_compacts(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+        if "/_index/segments/" in str(dst) and not started:
+            started.append(True)
+            fill(second, range(3, 4))
+            done.append(second.compact(fsync=False))  # its housekeeping lists our temp file
+        return real_link(src, dst, *args, **kwargs)
+
+    started: list[bool] = []
+
+    monkeypatch.setattr(os, "link", other_compacts)
+    first.compact(fsync=False)  # no error: it lost the race, or published after the other
+    monkeypatch.undo()
+    assert done == [True]
+    assert sorted(r[2] for r in answers(Catalog.open(root))["rows"]) == [0, 1, 2, 3]
+
+
+def test_vacuum_leaves_segments_in_the_making_alone(root: Path) -> None:
+    catalog = Catalog.open(root)
+    fill(catalog, range(2))
+    # a compactor (this process, alive) writing its segment's temporary file right now
+    tmp = root / SEGMENTS / f".{_index.new_id()}.parquet.{os.getpid()}-0123456789ab.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(b"PAR1 in the making")
+    catalog.vacuum()
+    assert tmp.exists()
+
+
+# -- readers ----------------------------------------------------------------------------------------
+
+
+def test_a_reader_whose_manifest_disappears_reads_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader, writer = Catalog.open(root), Catalog.open(root)
+    ids = fill(writer, range(4))
+    len(reader)  # warm: the reader has read manifest 0 and the log before
+
+    def two_compactions(prefix: str) -> bool:
+        if prefix != MANIFESTS:
+            return False
+        for epoch in (10, 11):  # manifests 1 and 2 are published, manifest 0 is removed
+            ids.extend(fill(writer, range(epoch, epoch + 1)))
+            assert writer.compact(full=False, fsync=False)
+        return True
+
+    real_list = reader.store.list
+    stale: list[list[tuple[str, int]]] = []
+
+    def stale_listing(prefix: str) -> list[tuple[str, int]]:
+        found = real_list(prefix)
+        if prefix == MANIFESTS and not stale:
+            stale.append(found)
+            two_compactions(prefix)  # after the listing: it names a manifest that is now gone
+        return found
+
+    monkeypatch.setattr(reader.store, "list", stale_listing)
+    assert live_ids(reader) == sorted(ids)
+    assert [k for k, _ in stale[0]] == [MANIFESTS + "00000000000000000000.json"]
+    assert keys(root, MANIFESTS)[0] != "00000000000000000000.json"
+
+
+@pytest.mark.parametrize("query", ["snapshot", "get"])
+def test_a_reader_that_lists_the_log_after_a_compaction_checks_the_manifest_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    """The reader holds manifest 0 (no segment); before it lists the log, a compaction folds
+    the log into manifest 1 and removes the entries. Without listing the manifests again it would
+    find an empty index."""
+    reader, compactor = Catalog.open(root), Catalog.open(root)
+    ids = fill(compactor, range(4))
+    compactor.delete([ids[0]], fsync=False)
+    len(reader)
+
+    def compact(prefix: str) -> bool:
+        if prefix != LOG:
+            return False
+        assert compactor.compact(full=False, fsync=False)
+        return True
+
+    calls = intercept(monkeypatch, reader.store, "list", compact)
+    if query == "snapshot":
+        assert live_ids(reader) == sorted(ids[1:])
+    else:
+        assert reader.get(ids[3]).epoch == 3  # type: ignore[attr-defined]
+        with pytest.raises(RowNotFoundError):
+            reader.get(ids[0])
+    assert keys(root, LOG) == [] and calls[0] > 3  # the compaction happened; the reader read again
+
+
+def test_a_segment_missing_under_the_newest_manifest_is_damage_not_a_race(root: Path) -> None:
+    catalog = Catalog.open(root)
+    fill(catalog, range(3))
+    catalog.compact(fsync=False)
+    [segment] = catalog.index_files()
+    (root / segment).unlink()
+    fresh = Catalog.open(root)
+    for query in (len, lambda c: c.get(live_ids(catalog)[0]), Catalog.verify):
+        with pytest.raises(CatalogError) as info:
+            query(fresh)
+        message = str(info.value)
+        assert str(root / segment) in message and "catalog.reindex()" in message, message
+
+
+# -- appends ----------------------------------------------------------------------------------------
+
+
+def test_appends_compact_the_index_automatically_once_the_log_is_long(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "CHECK_EVERY", 1)  # every append looks at the log
+    monkeypatch.setattr(_index, "COMPACT_AT", 4)
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(60))
+    manifest = catalog._index.latest()
+    assert manifest is not None and manifest.sequence >= 60 // 4 - 1
+    assert 1 <= len(manifest.segments) <= _index.MAX_SEGMENTS  # folded, and merged now and then
+    assert len([k for k in keys(root, LOG) if not k.startswith(".")]) < 4
+    assert live_ids(Catalog.open(root)) == sorted(ids)
+    counts = Catalog.open(root).sql("SELECT count(DISTINCT row_id), count(*) FROM models")
+    assert counts.fetchall() == [(60, 60)]
+
+
+def test_append_many_is_all_or_nothing_under_a_sigkill_before_its_entry(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    catalog = Catalog.create(root, workers.StressRowV1, partition_by=["run"])
+    kept = workers.stress_row(0, 0, numel=8, run="x")
+    first = catalog.append(kept, fsync=False)
+    report = tmp_path / "report"
+    proc = workers.context().Process(
+        target=workers.append_many_then_die, args=(str(root), str(report), 3)
+    )
+    proc.start()
+    proc.join(timeout=60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert report.read_text().split() == ["3-row-files-written"]
+    files = sorted(p.name.split(".")[0] for p in root.glob("run=*/*.arrow"))
+    assert len(files) == 4  # the three row files are on disk ...
+    fresh = Catalog.open(root)
+    assert live_ids(fresh) == [first] and len(fresh) == 1  # ... and none is visible
+    assert fresh.sql("SELECT count(*) FROM models").fetchall() == [(1,)]
+    removed = fresh.vacuum(older_than=0)
+    assert sorted(p.name.split(".")[0] for p in removed) == sorted(set(files) - {first})
+    assert fresh.verify() == [] and list(root.glob("run=*/*.arrow")) == [fresh.path_of(first)]
+
+
+# -- deletes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "1=1); DROP TABLE x; --",
+        "epoch = 1; DELETE FROM models",
+        "epoch = 1) OR (1=1",
+        "epoch = 1 --",
+    ],
+)
+def test_delete_where_is_one_condition_never_a_second_statement(root: Path, where: str) -> None:
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(3))
+    error = None
+    deleted: list[str] = []
+    try:
+        deleted = catalog.delete(where=where, fsync=False)
+    except CatalogError as exc:
+        error = str(exc)
+    assert error is None or ("bad where condition" in error and where in error)
+    # a comment or a balanced parenthesis may parse as one condition: then it is that condition
+    assert set(deleted) <= {ids[1]}
+    assert live_ids(Catalog.open(root)) == sorted(set(ids) - set(deleted))
+    if not deleted:
+        entries = keys(root, LOG)  # <row id>.<hash>.add.parquet: no delete entry
+        assert all(k.endswith(".add.parquet") for k in entries)
+        assert sorted(k.split(".")[0] for k in entries) == sorted(ids)
+
+
+def test_delete_where_deletes_what_the_condition_selects(root: Path) -> None:
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(4)) + fill(catalog, range(4), run="b")
+    assert catalog.delete(where="run = 'b' AND epoch >= 2", fsync=False) == sorted(ids[6:])
+    assert live_ids(Catalog.open(root)) == sorted(ids[:6])
+    assert catalog.delete(where="epoch > 100", fsync=False) == []
+
+
+def test_deleting_an_unknown_id_raises_and_deletes_nothing(root: Path) -> None:
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(3))
+    log = keys(root, LOG)
+    with pytest.raises(RowNotFoundError) as info:
+        catalog.delete([ids[0], "01NOSUCHROW0000000000000000"], fsync=False)
+    assert str(info.value) == (
+        f"no row '01NOSUCHROW0000000000000000' in the catalog at {root}; nothing was deleted"
+    )
+    assert keys(root, LOG) == log and live_ids(Catalog.open(root)) == sorted(ids)
+    assert catalog.path_of(ids[0]).exists()
+    catalog.delete(ids[0], fsync=False)
+    with pytest.raises(RowNotFoundError):  # deleted once: a second delete finds nothing
+        catalog.delete([ids[0]], fsync=False)
+
+
+def test_a_deleted_row_is_gone_from_every_query_and_its_file_removed(root: Path) -> None:
+    catalog, other = Catalog.open(root), Catalog.open(root)
+    ids = fill(catalog, range(4))
+    answers(other)  # the other reader has read (and cached) the index already
+    path = catalog.path_of(ids[3])
+    assert catalog.delete([ids[3]], fsync=False) == [ids[3]]
+    assert not path.exists()
+    got = answers(other)
+    assert ids[3] not in got["scan"] and got["len"] == 3 and got["best"] == ids[2]
+    with pytest.raises(RowNotFoundError):
+        other.get(ids[3])
+    assert other.sql(f"SELECT count(*) FROM models WHERE row_id = '{ids[3]}'").fetchall() == [(0,)]
+
+
+# -- reindex ----------------------------------------------------------------------------------------
+
+
+def crashed_delete(catalog: Catalog, row_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delete ``row_id`` as a process killed right after publishing the delete entry would: its
+    row file stays behind."""
+    with monkeypatch.context() as m:
+        m.setattr(catalog.store, "delete", lambda key: None)
+        catalog.delete([row_id], fsync=False)
+
+
+def test_reindex_keeps_a_delete_whose_row_file_a_crash_left_behind(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(3))
+    crashed_delete(catalog, ids[0], monkeypatch)
+    assert list(root.glob(f"run=a/{ids[0]}.*"))  # the row file a crash left behind
+    assert catalog.reindex() == 2
+    assert live_ids(Catalog.open(root)) == sorted(ids[1:])
+    ids += fill(catalog, range(10, 11))  # something for a compaction to fold ...
+    assert catalog.compact(fsync=False)  # ... which drops the delete entry the rebuild covers
+    assert catalog.reindex() == 3  # the row files are read again: the deleted row stays deleted
+    assert live_ids(Catalog.open(root)) == sorted(ids[1:])
+    catalog.vacuum(older_than=0)
+    assert sorted(p.name.split(".")[0] for p in root.glob("run=a/*.arrow")) == sorted(ids[1:])
+
+
+DAMAGES = [
+    "index removed",
+    "segments removed",
+    "segment truncated",
+    "segment garbage",
+    "manifest garbage",
+    "manifest not an index",
+    "add entry garbage",
+    "add entry truncated",
+    "add entry of other columns",
+    "delete entry garbage",
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_reindex_restores_a_lost_or_damaged_index(
+    root: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(4)) + fill(catalog, range(4, 6), run="b")
+    catalog.delete([ids[0]], fsync=False)  # folded into the segment, its file removed
+    catalog.compact(full=False, fsync=False)
+    ids += fill(catalog, range(6, 8))  # in the log
+    crashed_delete(catalog, ids[1], monkeypatch)  # in the log; its row file left behind
+    catalog.delete([ids[7]], fsync=False)
+    live = sorted(set(ids) - {ids[0], ids[1], ids[7]})
+    assert live_ids(Catalog.open(root)) == live
+    [segment] = catalog.index_files()
+    manifest = MANIFESTS + keys(root, MANIFESTS)[-1]
+    [add_entry] = [
+        LOG + n for n in keys(root, LOG) if n.startswith(ids[6]) and n.endswith(".add.parquet")
+    ]
+    [delete_entry] = [  # the crashed delete's entry
+        LOG + name
+        for name in keys(root, LOG)
+        if name.endswith(".del.parquet")
+        and ids[1] in catalog._index._parquet(LOG + name).column("row_id").to_pylist()
+    ]
+
+    damaged: str | None  # the file queries must name
+    if damage == "index removed":
+        shutil.rmtree(root / "_index")
+        damaged = None
+    elif damage == "segments removed":
+        shutil.rmtree(root / SEGMENTS)
+        damaged = segment
+    elif damage == "segment truncated":
+        raw = (root / segment).read_bytes()
+        (root / segment).write_bytes(raw[: len(raw) // 2])
+        damaged = segment
+    elif damage == "segment garbage":
+        (root / segment).write_bytes(b"PAR1" + os.urandom(300) + b"PAR1")
+        damaged = segment
+    elif damage == "manifest garbage":
+        (root / manifest).write_bytes(os.urandom(200))
+        damaged = manifest
+    elif damage == "manifest not an index":
+        (root / manifest).write_text('{"format": "something else", "segments": []}')
+        damaged = manifest
+    elif damage == "add entry garbage":
+        (root / add_entry).write_bytes(b"garbage")
+        damaged = add_entry
+    elif damage == "add entry truncated":
+        raw = (root / add_entry).read_bytes()
+        (root / add_entry).write_bytes(raw[:-20])
+        damaged = add_entry
+    elif damage == "add entry of other columns":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"row_id": [ids[6]], "epoch": ["six"]}), root / add_entry)
+        damaged = add_entry
+    else:
+        (root / delete_entry).write_bytes(b"PAR1PAR1")
+        damaged = delete_entry
+
+    queries: dict[str, Callable[[Catalog], object]] = {
+        "len": len,
+        "scan": lambda c: c.scan().collect(),
+        "sql": lambda c: c.sql("SELECT count(*) FROM models").fetchall(),
+        "best": lambda c: c.best("accuracy"),
+        "rows": lambda c: list(c.rows()),
+        "verify": Catalog.verify,
+        "delete": lambda c: c.delete([ids[2]]),
+        "compact": Catalog.compact,
+    }
+    if damaged is None:
+        # the catalog object that had read the index says what to do; a fresh one rebuilds it
+        with pytest.raises(CatalogError) as info:
+            len(catalog)
+        assert str(root) in str(info.value) and "catalog.reindex()" in str(info.value)
+    else:
+        for name, query in queries.items():
+            with pytest.raises(CatalogError) as info:
+                query(Catalog.open(root))
+            message = str(info.value)
+            assert str(root / damaged) in message, (name, message)
+            assert "catalog.reindex()" in message, (name, message)
+            assert type(info.value.__cause__).__module__.split(".")[0] != "duckdb", name
+
+    restored = Catalog.open(root)
+    indexed = restored.reindex()
+    expected = list(live)
+    if damage in ("index removed", "delete entry garbage"):
+        # the record of the crashed delete is gone and its row file survived: it is back
+        expected = sorted([*live, ids[1]])
+    assert indexed == len(expected)
+    for reader in (restored, Catalog.open(root)):
+        assert live_ids(reader) == expected
+        assert [reader.get(i).epoch for i in expected] == [  # type: ignore[attr-defined]
+            ids.index(i) for i in expected
+        ]
+        assert reader.verify() == []
+    # and it stays so through compactions, vacuum and another reindex
+    restored.compact()
+    restored.vacuum(older_than=0)
+    assert restored.reindex() == len(expected) and live_ids(Catalog.open(root)) == expected
+    assert answers(Catalog.open(root))["len"] == len(expected)
+
+
+@pytest.mark.parametrize("when", ["files listed", "files read"])
+@pytest.mark.parametrize("full", [True, False], ids=["full", "fold"])
+def test_reindex_while_another_process_appends_deletes_and_compacts(
+    root: Path, monkeypatch: pytest.MonkeyPatch, full: bool, when: str
+) -> None:
+    """Rows appended and deleted while reindex reads the row files, and folded by a compaction
+    (which removes their log entries) before it publishes, are in its index as they are in the
+    row files: the new rows there, the deleted ones gone."""
+    rebuilder, other = Catalog.open(root), Catalog.open(root)
+    ids = fill(other, range(4))
+    during: list[str] = []
+
+    def others_act() -> None:
+        during.extend(fill(other, range(10, 12)))
+        other.delete([ids[0], during[0]], fsync=False)
+        assert other.compact(full=full, fsync=False)
+
+    if when == "files listed":
+        real_row_files = rebuilder._row_file_copies
+
+        def row_files() -> dict[str, list[str]]:
+            listed = real_row_files()
+            others_act()
+            return listed
+
+        monkeypatch.setattr(rebuilder, "_row_file_copies", row_files)
+    else:
+        real_rebuild = rebuilder._index.rebuild
+
+        def rebuild(*args: Any, **kwargs: Any) -> Any:
+            others_act()
+            return real_rebuild(*args, **kwargs)
+
+        monkeypatch.setattr(rebuilder._index, "rebuild", rebuild)
+    rebuilder.reindex()
+    monkeypatch.undo()
+    expected = sorted([*ids[1:], during[1]])
+    assert live_ids(Catalog.open(root)) == expected
+    fresh = Catalog.open(root)
+    assert fresh.verify() == []
+    assert [fresh.get(i).epoch for i in expected] == [1, 2, 3, 11]  # type: ignore[attr-defined]
+
+
+def test_a_long_lived_reader_keeps_only_the_current_index_in_memory(root: Path) -> None:
+    """A reader caches the index objects it read (they never change), but not those that no
+    longer make the index: a server querying between compactions would otherwise hold a copy of
+    the whole index per compaction."""
+    reader, writer = Catalog.open(root), Catalog.open(root)
+    for epoch in range(30):
+        fill(writer, range(epoch, epoch + 1))
+        writer.compact(full=True, fsync=False)  # a new segment of every row, each time
+        assert len(reader) == epoch + 1
+    manifest = reader._index.latest()
+    assert manifest is not None
+    assert set(reader._index._cache) <= {*manifest.segments, *reader._index.log_entries()}
