@@ -303,9 +303,15 @@ def build_lance(path: Path, meta: pa.Table, single: int) -> tuple[str, float]:
     import lance
 
     n = meta.num_rows
-    rng = np.random.default_rng(5)
-    blob = rng.random(WEIGHT_FLOATS, dtype=np.float32).tobytes()
-    weights = pa.array([blob] * n, pa.binary())
+    size = WEIGHT_FLOATS * 4  # each row its own random float32 weights, as checkpoints differ
+    data = np.random.default_rng(5).random(n * WEIGHT_FLOATS, dtype=np.float32)
+    large = (n + 1) * size >= 1 << 31  # 32-bit offsets up to 2 GiB
+    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64 if large else np.int32)
+    weights = pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(),
+        n,
+        [None, pa.py_buffer(offsets), pa.py_buffer(data)],
+    )
     table = meta.append_column("weights", weights)
     single = min(single, n)
     t0 = time.perf_counter()
@@ -706,7 +712,8 @@ def profile(cat: Catalog, root: Path, get_id: str) -> None:
         job()
         profiler.stop()
         log(f"\n== profile: {label}")
-        log(profiler.output_text(unicode=False, color=False, show_all=False))
+        text = profiler.output_text(unicode=False, color=False, show_all=True)
+        log("\n".join(text.splitlines()[:150]))
 
 
 # -- the table -----------------------------------------------------------------------------------------

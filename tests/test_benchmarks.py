@@ -108,6 +108,10 @@ def test_quick_index_benchmark_runs_and_reports_every_query(tmp_path: Path) -> N
         assert (f"query {rows:,} rows, fresh open", kind, f"< {limit} ms") in labelled
     assert (f"query {big:,} rows, fresh open", "best", "< 1000 ms") in labelled
     assert any(r["section"] == f"cli {rows:,} rows" and r["targets"] for r in results)
+    # the same queries with appends the index has not compacted yet (log entries read each time)
+    uncompacted = [r for r in results if r["section"].startswith(f"query {rows:,} rows + ")]
+    assert {r["extra"]["kind"] for r in uncompacted} == set(QUERY_KINDS)
+    assert all(r["extra"]["log_entries"] >= 1 for r in uncompacted)
     appends = [r for r in results if r["section"].startswith("append") and r["targets"]]
     assert {r["section"].split(",")[1].strip() for r in appends} == {"fsync=False", "fsync=True"}
     for r in appends:

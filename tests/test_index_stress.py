@@ -224,17 +224,16 @@ def test_a_row_deleted_between_a_query_and_its_load_is_not_found(
     ids = [
         deleter.append(workers.stress_row(0, e, numel=8, run="a"), fsync=False) for e in range(4)
     ]
-    real_lookup = reader._index.lookup
+    real_read = reader._read
     targets = [ids[0], ids[3]]  # deleted by the other process once the reader found them
 
-    def lookup_then_delete(row_id: str) -> Any:
-        entry = real_lookup(row_id)
+    def delete_then_read(row_id: str, key: str, **kwargs: Any) -> Any:
         if row_id in targets:
             targets.remove(row_id)
             deleter.delete([row_id], fsync=False)
-        return entry
+        return real_read(row_id, key, **kwargs)
 
-    monkeypatch.setattr(reader._index, "lookup", lookup_then_delete)
+    monkeypatch.setattr(reader, "_read", delete_then_read)
     with pytest.raises(RowNotFoundError) as info:
         reader.get(ids[0])
     assert str(info.value).startswith(f"no row {ids[0]!r} in the catalog at {root}")

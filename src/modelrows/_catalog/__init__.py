@@ -666,7 +666,9 @@ class Catalog:
     def __len__(self) -> int:
         self._ensure_index()
         count = self._index.count()  # from the manifest alone, when it describes every row
-        return count if count is not None else int(self._index.snapshot().table.num_rows)
+        if count is None:  # rows in the log: count the ids (one column read)
+            count = self._index.snapshot(columns=[]).table.num_rows
+        return int(count)
 
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
@@ -925,12 +927,11 @@ class Catalog:
         for _ in range(_index._RETRIES):  # again if the best row is deleted before it loads
             if fast:
                 try:
-                    key = self._best_id(by, descending=descending)
-                    return (
-                        None
-                        if key is None
-                        else self._load(key, verify=verify, on_corrupt=on_corrupt)
-                    )
+                    best = self._best_id(by, descending=descending)
+                    if best is None:
+                        return None
+                    row_id, key = best  # the file the snapshot names: no second index read
+                    return self._load(row_id, verify=verify, on_corrupt=on_corrupt, key=key)
                 except RowNotFoundError:
                     continue
             rel = self._where(
@@ -967,22 +968,26 @@ class Catalog:
             return None
         raise CatalogError(f"{self.url}: the best rows kept being deleted as they were loaded")
 
-    def _best_id(self, by: str, *, descending: bool) -> str | None:
-        """The row best's SQL finds for a numeric ``by``, in one pass over two columns: the
-        highest (lowest) value, null and NaN never ranking, ties to the smallest row id."""
+    def _best_id(self, by: str, *, descending: bool) -> tuple[str, str] | None:
+        """(row id, file key) of the row best's SQL finds for a numeric ``by``, in one pass over
+        the snapshot's columns: the highest (lowest) value, null and NaN never ranking, ties to
+        the smallest row id."""
         import pyarrow.compute as pc
 
-        table = self._snapshot().table
-        values, ids = table.column(by), table.column("row_id")
+        self._ensure_index()
+        table = self._index.snapshot(columns=[by, PATH]).table  # three columns, not every one
+        values, ids, keys = table.column(by), table.column("row_id"), table.column(PATH)
         keep = pc.is_valid(values)
         if pa.types.is_floating(values.type):
             keep = pc.and_kleene(keep, pc.invert(pc.is_nan(values)))
-        values, ids = values.filter(keep), ids.filter(keep)
+        values, ids, keys = values.filter(keep), ids.filter(keep), keys.filter(keep)
         if len(values) == 0:
             return None
         target = pc.max(values) if descending else pc.min(values)
-        found: str = pc.min(ids.filter(pc.equal(values, target))).as_py()
-        return found
+        tied = pc.equal(values, target)
+        found: str = pc.min(ids.filter(tied)).as_py()
+        at = pc.index(ids, found).as_py()
+        return found, str(keys[at].as_py())
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):
@@ -1072,7 +1077,7 @@ class Catalog:
             n, visible = len(ids), exc.visible
             raise StorageError(
                 f"deleting {n} row{'s' if n > 1 else ''} from {self.url} failed at step "
-                f"{exc.step!r} of {exc.path}: {exc.__cause__}. "
+                f"{exc.step!r} of {exc.path}: {exc.__cause__ or exc}. "
                 + (
                     f"The row{'s are' if n > 1 else ' is'} deleted; the deletion may not be "
                     "durable yet."

@@ -247,13 +247,18 @@ class Index:
         self._lock = threading.Lock()
 
     # -- reading ------------------------------------------------------------------------------------
-    def _parquet(self, key: str) -> pa.Table:
+    def _parquet(self, key: str, names: list[str] | None = None) -> pa.Table:
+        """An index file's rows (only the columns ``names``, when given: a segment is then read
+        column by column, not whole), cached: index files never change."""
+        projection = key if names is None else f"{key}#{','.join(names)}"
         with self._lock:
             hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache.get(projection)
         if hit is not None:
-            return hit
+            return hit if names is None else hit.select(names)
         try:
-            table = self._open_parquet(key).read()
+            table = self._open_parquet(key).read(columns=names)
         except FileNotFoundError:
             raise StaleRead(key) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -261,11 +266,11 @@ class Index:
                 f"{self.store.url}/{key}: the index file cannot be read ({exc}); rebuild the "
                 "index with catalog.reindex() (or `modelrows reindex`)"
             ) from exc
-        table = self._conform(table, key)
+        table = self._conform(table, key, names)
         with self._lock:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[key] = table
+            self._cache[projection] = table
         return table
 
     def _open_parquet(self, key: str) -> pq.ParquetFile:
@@ -287,7 +292,7 @@ class Index:
             )
         return data
 
-    def _conform(self, table: pa.Table, key: str) -> pa.Table:
+    def _conform(self, table: pa.Table, key: str, names: list[str] | None = None) -> pa.Table:
         if key.endswith(".del.parquet"):
             if table.schema.names != ["row_id"] or not pa.types.is_string(table.schema[0].type):
                 raise CatalogError(
@@ -295,9 +300,10 @@ class Index:
                     f"holds {table.schema}. Rebuild the index with catalog.reindex()."
                 )
             return table
-        if not table.schema.equals(self.schema, check_metadata=False):
+        schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
+        if not table.schema.equals(schema, check_metadata=False):
             try:
-                return table.select(self.schema.names).cast(self.schema)
+                return table.select(schema.names).cast(schema)
             except (pa.ArrowException, KeyError, ValueError) as exc:
                 raise CatalogError(
                     f"{self.store.url}/{key}: its columns are not the catalog's ({exc}); "
@@ -334,11 +340,13 @@ class Index:
                 continue
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
-    def snapshot(self) -> Snapshot:
-        """Every live row, as of now (read-your-writes across processes)."""
+    def snapshot(self, columns: Sequence[str] | None = None) -> Snapshot:
+        """Every live row, as of now (read-your-writes across processes); only ``row_id`` and
+        ``columns`` of each, when given (then ``removed`` is None unless ``_path`` is asked for)."""
+        names = None if columns is None else list(dict.fromkeys(["row_id", *columns]))
         for _ in range(_RETRIES):
             try:
-                return self._snapshot()
+                return self._snapshot(names)
             except StaleRead:
                 continue
         raise CatalogError(
@@ -346,7 +354,7 @@ class Index:
             "are many compactions running at once?"
         )
 
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self, names: list[str] | None = None) -> Snapshot:
         found = self.manifests()
         if not found:
             raise self._no_index()
@@ -356,7 +364,7 @@ class Index:
         if not again or again[-1][1] != found[-1][1]:
             raise StaleRead(found[-1][1])
         try:
-            base = [self._parquet(k) for k in manifest.segments]
+            base = [self._parquet(k, names) for k in manifest.segments]
         except StaleRead as stale:
             self._check_still_newest(manifest, str(stale))
             raise
@@ -366,11 +374,13 @@ class Index:
             if name in manifest.covered:
                 continue
             if name.endswith(".add.parquet"):
-                adds.append(self._parquet(key))
+                entry = self._parquet(key)
+                adds.append(entry if names is None else entry.select(names))
             elif name.endswith(".del.parquet"):
                 deletes.update(self._parquet(key).column("row_id").to_pylist())
         deleted = manifest.deleted | deletes
-        table = pa.concat_tables(base) if base else pa.Table.from_batches([], schema=self.schema)
+        schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
+        table = pa.concat_tables(base) if base else pa.Table.from_batches([], schema=schema)
         new_rows = None
         if adds:
             new_rows = pa.concat_tables(adds)
@@ -383,7 +393,8 @@ class Index:
         removed = None
         if deleted:
             mask = pc.is_in(table.column("row_id"), value_set=pa.array(sorted(deleted)))
-            removed = table.filter(mask).select(["row_id", PATH])
+            if PATH in table.column_names:
+                removed = table.filter(mask).select(["row_id", PATH])
             table = table.filter(pc.invert(mask))
         keep = {*manifest.segments, *log}
         with self._lock:  # forget what no longer makes the index (a compaction replaced it)
@@ -561,7 +572,7 @@ class Index:
                         self.store.delete(key)
             raise StorageError(
                 f"compacting the index of {self.store.url} failed at step {exc.step!r} of "
-                f"{exc.path}: {exc.__cause__}. "
+                f"{exc.path}: {exc.__cause__ or exc}. "
                 + (
                     "The compacted index is published but may not be durable yet."
                     if published
