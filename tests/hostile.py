@@ -374,7 +374,7 @@ def cases(marker: Path) -> list[Case]:
              "{path}: 'modelrows_format_version' metadata b'one' is not a whole number",
              _bytes(lambda c: c.with_metadata(modelrows_format_version=b"one"))),
         Case("format-version-from-the-future", "UnknownSchemaError",
-             "{path}: written in modelrows format version 99; this modelrows reads up to 1. "
+             "{path}: written in modelrows format version 99; this modelrows reads up to 2. "
              "Upgrade modelrows to read it.",
              _bytes(lambda c: c.with_metadata(modelrows_format_version=b"99"))),
         Case("claims-a-model-but-weights-is-text", "SchemaMismatchError",

@@ -26,6 +26,7 @@ import xxhash
 from modelrows import (
     FORMAT_VERSION,
     Catalog,
+    CorruptRowError,
     ModelV1,
     UnknownSchemaError,
     read_model_row,
@@ -35,6 +36,9 @@ from modelrows._blob import DTYPE_NAMES
 
 GOLDEN = Path(__file__).parent / "golden"
 V1 = GOLDEN / "v1"
+V2 = GOLDEN / "v2"
+CURRENT = GOLDEN / f"v{FORMAT_VERSION}"  # what today's writer writes
+VERSIONS = [V1, V2]  # every format version's golden files: today's reader reads them all
 
 
 def _load_make_golden() -> ModuleType:
@@ -48,8 +52,13 @@ def _load_make_golden() -> ModuleType:
 
 
 make_golden = _load_make_golden()
-MANIFEST: dict[str, Any] = json.loads((V1 / "MANIFEST.json").read_text())
+MANIFESTS: dict[Path, dict[str, Any]] = {
+    v: json.loads((v / "MANIFEST.json").read_text()) for v in VERSIONS
+}
+MANIFEST = MANIFESTS[CURRENT]
 NAMES = list(make_golden.GOLDEN)
+GOLDEN_FILES = [(v, name) for v in VERSIONS for name in NAMES]
+GOLDEN_IDS = [f"{v.name}/{name}" for v, name in GOLDEN_FILES]
 
 # The format as docs/format.md spells it, restated here without modelrows' code.
 SPEC_ITEMSIZE = {
@@ -112,18 +121,23 @@ def weights_layout(batch: pa.RecordBatch, buf: pa.Buffer) -> tuple[int, int, lis
 
 
 def test_the_current_format_version_has_a_golden_directory() -> None:
-    assert (GOLDEN / f"v{FORMAT_VERSION}").is_dir(), (
+    assert CURRENT.is_dir(), (
         f"format version {FORMAT_VERSION} has no golden files: run tests/golden/make_golden.py"
     )
-    assert MANIFEST["format_version"] == 1
+    assert sorted(GOLDEN.glob("v*")) == VERSIONS, "every golden directory is tested"
+    for version, manifest in MANIFESTS.items():
+        assert manifest["format_version"] == int(version.name[1:])
 
 
-def test_golden_files_are_untouched() -> None:
-    assert sorted(p.name for p in V1.glob("*.arrow")) == sorted(NAMES)
-    assert sorted(MANIFEST["sha256"]) == sorted(NAMES)
-    for name, digest in MANIFEST["sha256"].items():
-        assert hashlib.sha256((V1 / name).read_bytes()).hexdigest() == digest, (
-            f"{name} changed; golden files are never rewritten (see tests/golden/make_golden.py)"
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_golden_files_are_untouched(version: Path) -> None:
+    manifest = MANIFESTS[version]
+    assert sorted(p.name for p in version.glob("*.arrow")) == sorted(NAMES)
+    assert sorted(manifest["sha256"]) == sorted(NAMES)
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256((version / name).read_bytes()).hexdigest() == digest, (
+            f"{version.name}/{name} changed; golden files are never rewritten "
+            "(see tests/golden/make_golden.py)"
         )
 
 
@@ -140,7 +154,7 @@ def test_writer_reproduces_golden_bytes(tmp_path: Path, name: str) -> None:
             "is compared (test_writer_reproduces_golden_content)"
         )
     write_model_row(tmp_path / name, make_golden.GOLDEN[name](), fsync=False)
-    assert (tmp_path / name).read_bytes() == (V1 / name).read_bytes(), (
+    assert (tmp_path / name).read_bytes() == (CURRENT / name).read_bytes(), (
         f"the writer no longer produces {name}: a format change must bump FORMAT_VERSION and add "
         "golden files for the new version, keeping the old ones"
     )
@@ -149,7 +163,7 @@ def test_writer_reproduces_golden_bytes(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_writer_reproduces_golden_content(tmp_path: Path, name: str) -> None:
     write_model_row(tmp_path / name, make_golden.GOLDEN[name](), fsync=False)
-    _, golden, golden_buf = open_golden(V1 / name)
+    _, golden, golden_buf = open_golden(CURRENT / name)
     _, today, today_buf = open_golden(tmp_path / name)
     assert today.schema.equals(golden.schema, check_metadata=True)
     assert today.equals(golden)
@@ -159,10 +173,10 @@ def test_writer_reproduces_golden_content(tmp_path: Path, name: str) -> None:
 # -- today's reader reads them -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_reader_reads_golden_files_exactly(name: str) -> None:
+@pytest.mark.parametrize(("version", "name"), GOLDEN_FILES, ids=GOLDEN_IDS)
+def test_reader_reads_golden_files_exactly(version: Path, name: str) -> None:
     expected = make_golden.GOLDEN[name]()
-    row = read_model_row(V1 / name, verify=True)
+    row = read_model_row(version / name, verify=True)
     assert type(row) is type(expected)
     assert row.declared_schema == type(expected).__qualified__
     assert row.extras == {}
@@ -174,18 +188,23 @@ def test_reader_reads_golden_files_exactly(name: str) -> None:
         assert torch.equal(got, tensor), tensor_name
 
 
-def test_golden_model_v1_values() -> None:
-    row = read_model_row(V1 / "model_v1.arrow", verify=True)
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_golden_model_v1_values(version: Path) -> None:
+    row = read_model_row(version / "model_v1.arrow", verify=True)
     assert type(row) is ModelV1
     assert row.architecture_version == 1
     assert row.weights["weight"].tolist() == [[-0.375, -0.25, -0.125], [0.0, 0.125, 0.25]]
     assert row.weights["bias"].tolist() == [0.5, -1.5]
     assert row.weights.fingerprint == "45c693a14007a9f6adf044866e755c17"
     assert row.weights.stored_checksum == "xxh3-64:0e056760d28402f7"
+    if version == V2:  # the example of docs/format.md 2.3
+        meta = ipc.open_file(str(version / "model_v1.arrow")).schema.metadata
+        assert meta[b"modelrows_values_checksum"] == b"xxh3-64:192757b829077a78"
 
 
-def test_golden_extended_values() -> None:
-    row = read_model_row(V1 / "extended.arrow", verify=True)
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_golden_extended_values(version: Path) -> None:
+    row = read_model_row(version / "extended.arrow", verify=True)
     assert row.declared_schema == "modelrows-golden.model@1>modelrows.model@1"
     assert row.to_dict() | {"weights": None} == {
         "weights": None,
@@ -210,8 +229,9 @@ def test_golden_extended_values() -> None:
     assert row.weights.stored_checksum == "xxh3-64:08410d9b51a68c14"
 
 
-def test_golden_bf16_values() -> None:
-    weights = read_model_row(V1 / "bf16.arrow", verify=True).weights
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_golden_bf16_values(version: Path) -> None:
+    weights = read_model_row(version / "bf16.arrow", verify=True).weights
     assert weights["embed.weight"].dtype == torch.bfloat16
     assert weights["embed.weight"].float().flatten().tolist() == [k * 0.25 for k in range(-6, 6)]
     assert weights.ties == {"head.weight": "embed.weight"}
@@ -243,28 +263,103 @@ def assert_aligned_and_zero_padded(path: Path) -> None:
     assert length - int(covered.sum()) < 64 * (len(tensors) + 1), f"{path.name}: padding too long"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_every_tensor_is_64_byte_aligned_in_the_file_and_padding_is_zero(name: str) -> None:
-    assert_aligned_and_zero_padded(V1 / name)
+@pytest.mark.parametrize(("version", "name"), GOLDEN_FILES, ids=GOLDEN_IDS)
+def test_every_tensor_is_64_byte_aligned_in_the_file_and_padding_is_zero(
+    version: Path, name: str
+) -> None:
+    assert_aligned_and_zero_padded(version / name)
 
 
 def test_rewriting_a_row_read_from_a_file_keeps_padding_zero(tmp_path: Path) -> None:
-    row = read_model_row(V1 / "model_v1.arrow")
+    row = read_model_row(V1 / "model_v1.arrow")  # an old file, written again in today's version
     write_model_row(tmp_path / "again.arrow", row, fsync=False)
     assert read_model_row(tmp_path / "again.arrow", verify=True) == row
     assert_aligned_and_zero_padded(tmp_path / "again.arrow")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_golden_files_follow_the_spec_without_modelrows(name: str) -> None:
+def _u64(n: int) -> bytes:
+    return n.to_bytes(8, "little")
+
+
+def _spec_str(data: bytes) -> bytes:
+    return _u64(len(data)) + data
+
+
+SPEC_UNITS = {"s": b"s", "ms": b"m", "us": b"u", "ns": b"n"}
+
+
+def spec_value(t: pa.DataType, v: pa.Scalar) -> bytes:
+    """One value's encoding, docs/format.md 2.3, from pyarrow scalars (no modelrows code)."""
+    if not v.is_valid:
+        return b"n"
+    if pa.types.is_boolean(t):
+        return b"b" + bytes([v.as_py()])
+    if pa.types.is_signed_integer(t):
+        return b"i" + v.as_py().to_bytes(8, "little", signed=True)
+    if pa.types.is_unsigned_integer(t):
+        return b"u" + _u64(v.as_py())
+    if pa.types.is_floating(t):  # the bits as stored
+        unsigned = {16: pa.uint16(), 32: pa.uint32(), 64: pa.uint64()}[t.bit_width]
+        bits = pa.array([v], t).view(unsigned)[0].as_py()
+        return {16: b"e", 32: b"f", 64: b"d"}[t.bit_width] + bits.to_bytes(
+            t.bit_width // 8, "little"
+        )
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return b"s" + _spec_str(v.as_py().encode("utf-8"))
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return b"y" + _spec_str(v.as_py())
+    if pa.types.is_timestamp(t):
+        tz = (t.tz or "").encode("utf-8")
+        return (
+            b"t" + SPEC_UNITS[t.unit] + _spec_str(tz) + v.value.to_bytes(8, "little", signed=True)
+        )
+    if pa.types.is_date32(t):
+        return b"D" + v.value.to_bytes(8, "little", signed=True)
+    if pa.types.is_list(t):
+        items = list(v.values)
+        return b"l" + _u64(len(items)) + b"".join(spec_value(t.value_type, x) for x in items)
+    if pa.types.is_struct(t):
+        fields = [t.field(k) for k in range(t.num_fields)]
+        return (
+            b"r"
+            + _u64(len(fields))
+            + b"".join(
+                _spec_str(f.name.encode("utf-8")) + spec_value(f.type, v[f.name]) for f in fields
+            )
+        )
+    raise AssertionError(f"the spec has no encoding for {t}")
+
+
+def spec_values_checksum(batch: pa.RecordBatch) -> str:
+    """The values checksum of docs/format.md 2.3, written from the document alone."""
+    qualified = batch.schema.metadata[b"legolas_schema_qualified"]
+    out = _spec_str(qualified)
+    for f, column in zip(batch.schema, batch.columns, strict=True):
+        out += _spec_str(f.name.encode("utf-8"))
+        weights = pa.types.is_struct(f.type) and {"tensors", "data", "fingerprint", "checksum"} <= {
+            f.type.field(k).name for k in range(f.type.num_fields)
+        }
+        if weights:
+            out += b"w" if column[0].is_valid else b"n"
+        else:
+            out += spec_value(f.type, column[0])
+    return f"xxh3-64:{xxhash.xxh3_64_intdigest(out):016x}"
+
+
+@pytest.mark.parametrize(("version", "name"), GOLDEN_FILES, ids=GOLDEN_IDS)
+def test_golden_files_follow_the_spec_without_modelrows(version: Path, name: str) -> None:
     """A reader written from docs/format.md alone (pyarrow, numpy, hashlib, xxhash)."""
-    raw, batch, buf = open_golden(V1 / name)
+    raw, batch, buf = open_golden(version / name)
     assert raw[:6] == b"ARROW1"
     assert raw[-6:] == b"ARROW1"
     assert batch.num_rows == 1
     meta = batch.schema.metadata
-    assert meta[b"modelrows_format_version"] == b"1"
+    assert meta[b"modelrows_format_version"] == version.name[1:].encode()
     assert meta[b"legolas_schema_qualified"].decode().endswith("modelrows.model@1")
+    if version == V1:  # no values checksum before format version 2
+        assert b"modelrows_values_checksum" not in meta
+    else:
+        assert meta[b"modelrows_values_checksum"].decode() == spec_values_checksum(batch)
     assert batch.schema.field("weights").type == SPEC_WEIGHTS
     position, _, tensors = weights_layout(batch, buf)
     weights = batch.column("weights")
@@ -309,15 +404,17 @@ def _with_metadata(source: Path, target: Path, change: dict[bytes, bytes | None]
 
 
 def test_a_newer_format_version_is_refused_with_upgrade_advice(tmp_path: Path) -> None:
+    newer = str(FORMAT_VERSION + 1).encode()
     path = _with_metadata(
-        V1 / "model_v1.arrow", tmp_path / "future.arrow", {b"modelrows_format_version": b"2"}
+        CURRENT / "model_v1.arrow", tmp_path / "future.arrow", {b"modelrows_format_version": newer}
     )
     with pytest.raises(UnknownSchemaError) as info:
         read_model_row(path)
     assert str(info.value) == (
-        f"{path}: written in modelrows format version 2; this modelrows reads up to 1. "
-        "Upgrade modelrows to read it."
+        f"{path}: written in modelrows format version {FORMAT_VERSION + 1}; this modelrows reads "
+        f"up to {FORMAT_VERSION}. Upgrade modelrows to read it."
     )
+    assert FORMAT_VERSION == 2
 
 
 def test_a_malformed_format_version_is_refused(tmp_path: Path) -> None:
@@ -331,18 +428,52 @@ def test_a_malformed_format_version_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_a_file_without_format_version_is_read_by_its_schema(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
+def test_a_file_without_format_version_is_read_by_its_schema(version: Path, tmp_path: Path) -> None:
     path = _with_metadata(
-        V1 / "model_v1.arrow", tmp_path / "legolas.arrow", {b"modelrows_format_version": None}
+        version / "model_v1.arrow", tmp_path / "legolas.arrow", {b"modelrows_format_version": None}
     )
-    row = read_model_row(path, verify=True)
+    row = read_model_row(path, verify=True)  # another writer's file: no values checksum to check
     assert row == make_golden.model_v1_row()
+
+
+def test_a_version_2_file_without_its_values_checksum_is_corrupt(tmp_path: Path) -> None:
+    path = _with_metadata(
+        V2 / "model_v1.arrow", tmp_path / "bare.arrow", {b"modelrows_values_checksum": None}
+    )
+    assert read_model_row(path) == make_golden.model_v1_row()  # reading does not check it
+    with pytest.raises(CorruptRowError) as info:
+        read_model_row(path, verify=True)
+    assert str(info.value) == (
+        f"{path}: written in format version 2, which stores a values checksum, but its "
+        "'modelrows_values_checksum' metadata is missing; the file is corrupt"
+    )
+
+
+def test_a_version_1_file_is_verified_by_its_tensors_alone(tmp_path: Path) -> None:
+    """Format version 1 has no values checksum: a changed value passes verification there (the
+    reason for version 2), and the same change in a version-2 file does not."""
+    for version in VERSIONS:
+        table = ipc.open_file(pa.py_buffer((version / "model_v1.arrow").read_bytes())).read_all()
+        changed = table.set_column(1, "architecture_version", pa.array([99], pa.int64()))
+        path = tmp_path / f"{version.name}.arrow"
+        with ipc.new_file(str(path), changed.schema) as writer:
+            writer.write_table(changed)
+        if version == V1:
+            assert read_model_row(path, verify=True).architecture_version == 99
+        else:
+            with pytest.raises(CorruptRowError, match="values checksum mismatch"):
+                read_model_row(path, verify=True)
 
 
 # -- the golden catalog -----------------------------------------------------------------------------
 
-GOLDEN_CATALOG = V1 / make_golden.CATALOG2  # what today's writer writes
-GOLDEN_CATALOGS = [V1 / make_golden.CATALOG, GOLDEN_CATALOG]  # every catalog format
+GOLDEN_CATALOG = CURRENT / make_golden.CATALOG2  # what today's writer writes
+GOLDEN_CATALOGS = [  # every catalog format, and row files of every format version
+    V1 / make_golden.CATALOG,
+    V1 / make_golden.CATALOG2,
+    V2 / make_golden.CATALOG2,
+]
 
 
 def _catalog_tree(root: Path) -> tuple[list[str], list[str]]:
@@ -364,7 +495,7 @@ def _logical_rows(root: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["run"], r["epoch"]))
 
 
-@pytest.mark.parametrize("golden", GOLDEN_CATALOGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("golden", GOLDEN_CATALOGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_reader_reads_the_golden_catalog(golden: Path, tmp_path: Path) -> None:
     # a copy: a catalog written before the index (format 1) gets its index on first use
     shutil.copytree(golden, tmp_path / "catalog")
@@ -406,7 +537,7 @@ def test_a_catalog_written_before_the_index_is_indexed_on_first_use(tmp_path: Pa
     assert catalog.format_version == 1
     assert len(catalog) == 3  # built here, from the row files
     assert (tmp_path / "old" / "_index" / "manifests").is_dir()
-    shutil.copytree(GOLDEN_CATALOG, tmp_path / "new")
+    shutil.copytree(V1 / make_golden.CATALOG2, tmp_path / "new")  # row files of the same version
     assert _logical_index(tmp_path / "old") == _logical_index(tmp_path / "new")
 
 

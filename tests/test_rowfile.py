@@ -441,10 +441,10 @@ def test_read_row_metadata_checks_like_read_model_row(tmp_path: Path) -> None:
             write_table(tmp_path / "two.arrow", pa.concat_tables([table, table]).combine_chunks())
         )
     newer = table.replace_schema_metadata(
-        {**table.schema.metadata, b"modelrows_format_version": b"2"}
+        {**table.schema.metadata, b"modelrows_format_version": b"3"}
     )
-    with pytest.raises(UnknownSchemaError, match="written in modelrows format version 2"):
-        read_row_metadata(write_table(tmp_path / "v2.arrow", newer))
+    with pytest.raises(UnknownSchemaError, match="written in modelrows format version 3"):
+        read_row_metadata(write_table(tmp_path / "v3.arrow", newer))
     with pytest.raises(NotArrowFileError):
         read_row_metadata(b"x" * 100)
 

@@ -219,7 +219,7 @@ def test_rows_are_immutable_values() -> None:
 def test_arrow_schema_carries_the_qualified_identifier() -> None:
     meta = RunRowV1.arrow_schema().metadata
     assert meta[b"legolas_schema_qualified"] == b"test.run@1>modelrows.model@1"
-    assert meta[b"modelrows_format_version"] == b"1"
+    assert meta[b"modelrows_format_version"] == b"2"
 
 
 def test_schema_validation_reports_every_problem_and_accepts_compatible_types() -> None:

@@ -31,9 +31,11 @@ __all__ = [
     "MAX_NDIM",
     "METADATA_FORMAT_KEY",
     "METADATA_SCHEMA_KEY",
+    "METADATA_VALUES_KEY",
     "ROW_FILE_SUFFIX",
     "ROW_ID",
     "ROW_ID_TYPE",
+    "VALUES_CHECKSUM_SINCE",
     "WEIGHTS_FIELDS",
     "WRITE_ALIGN",
     "WRITTEN_AT",
@@ -64,8 +66,16 @@ METADATA_SCHEMA_KEY = "legolas_schema_qualified"
 METADATA_FORMAT_KEY = "modelrows_format_version"
 """Schema metadata key holding the format version, a decimal integer."""
 
-FORMAT_VERSION = 1
-"""The version of the on-disk format this library writes (docs/format.md)."""
+FORMAT_VERSION = 2
+"""The version of the on-disk format this library writes (docs/format.md): 2 adds the values
+checksum (:data:`METADATA_VALUES_KEY`) to version 1."""
+
+METADATA_VALUES_KEY = "modelrows_values_checksum"
+"""Schema metadata key holding the values checksum (section 2.3): ``xxh3-64:<hex>`` of the
+canonical encoding of the row's schema identifier, column names and values other than tensors."""
+
+VALUES_CHECKSUM_SINCE = 2
+"""The first format version whose files carry :data:`METADATA_VALUES_KEY` (and must)."""
 
 # -- 3. columns ------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ weights build their tensors when first asked for.
 from __future__ import annotations
 
 import contextlib
-import mmap
+import mmap as _mmap
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -40,6 +40,8 @@ from ._format import (
     MANAGED_COLUMNS,
     METADATA_FORMAT_KEY,
     METADATA_SCHEMA_KEY,
+    METADATA_VALUES_KEY,
+    VALUES_CHECKSUM_SINCE,
     WRITE_ALIGN,
     is_weights_type,
 )
@@ -47,16 +49,21 @@ from ._ipcguard import check_row_file
 from ._linux import FALLOCATE
 from ._location import read_url, resolve, write_url
 from ._schema import Row, nearest_declared
+from ._values import batch_columns
+from ._values import values_checksum as _values_checksum
 from ._weights import Weights
 
 __all__ = [
     "RowCountError",
     "decode_row",
+    "format_version",
     "prepare_row_file",
     "read_model_row",
     "read_row_file",
     "read_row_metadata",
     "row_batch",
+    "verify_row",
+    "verify_values",
     "write_model_row",
 ]
 
@@ -160,11 +167,14 @@ def row_batch(
     *,
     managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
     plans: dict[str, BlobPlan] | None = None,
+    values_checksum: list[str] | None = None,
 ) -> pa.RecordBatch:
     """The one-row record batch of ``row``; ``managed`` adds columns (row_id ...) at the front.
 
     With ``plans``, each weights column gets one (position 0 unless given) and its blob is left to
-    the plan's stream; without, weights blobs are built in memory."""
+    the plan's stream; without, weights blobs are built in memory. The schema metadata holds the
+    row's values checksum; ``values_checksum``, a list, keeps it between calls (computed when
+    empty, taken from it otherwise)."""
     cls = type(row)
     undeclared = [k for k in row._extras if k not in MANAGED_COLUMNS]
     if undeclared:
@@ -187,7 +197,15 @@ def row_batch(
         else:
             arrays.append(ftype.to_arrow([value]))
         fields.append(f)
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+    meta = dict(schema.metadata)
+    if not values_checksum:
+        qualified = meta[METADATA_SCHEMA_KEY.encode()].decode("utf-8")
+        computed = _values_checksum(qualified, zip(fields, arrays, strict=True))
+        if values_checksum is None:
+            values_checksum = []
+        values_checksum.append(computed)
+    meta[METADATA_VALUES_KEY.encode()] = values_checksum[0].encode("ascii")
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
 _PREALLOCATE_FROM = 1 << 20
@@ -272,7 +290,12 @@ def row_writer(
 
     def write(f: IO[bytes]) -> None:
         layout = (type(row), tuple(managed or ()))
-        _serialize(lambda plans: row_batch(row, managed=managed, plans=plans), f, layout=layout)
+        checksum: list[str] = []  # the values checksum, computed once: plans don't change it
+
+        def build(plans: dict[str, BlobPlan]) -> pa.RecordBatch:
+            return row_batch(row, managed=managed, plans=plans, values_checksum=checksum)
+
+        _serialize(build, f, layout=layout)
 
     return write
 
@@ -302,8 +325,10 @@ def write_model_row(path: PathLike, row: Row, *, fsync: bool = True) -> None:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def _map(path: Path) -> mmap.mmap:
-    """The file at ``path`` mapped privately (copy-on-write), if it can be a row file."""
+def _map(path: Path, *, copy: bool = False) -> _mmap.mmap:
+    """The file at ``path`` mapped privately (copy-on-write), if it can be a row file; with
+    ``copy``, its bytes read into anonymous memory instead (page-aligned like a mapping, so
+    tensors stay aligned), which nothing done to the file afterwards can reach."""
     where = str(path)
     try:  # O_NONBLOCK: opening a FIFO named like a row file must not wait for a writer
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -324,14 +349,38 @@ def _map(path: Path) -> mmap.mmap:
             raise NotArrowFileError(
                 f"{where}: {mode.st_size} bytes is too short to be an Arrow IPC file", path=where
             )
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        if copy:
+            return _read_copy(fd, mode.st_size, where)
+        return _mmap.mmap(fd, 0, access=_mmap.ACCESS_COPY)
     except (OSError, ValueError) as exc:
         raise RowFileError(f"{where}: cannot be read: {exc}", path=where) from exc
     finally:
         os.close(fd)
 
 
-def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buffer, str]:
+def _read_copy(fd: int, size: int, where: str) -> _mmap.mmap:
+    """``size`` bytes of the file ``fd`` read into a fresh anonymous mapping."""
+    memory = _mmap.mmap(-1, size)
+    view = memoryview(memory)
+    try:
+        done = 0
+        while done < size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                raise RowFileError(
+                    f"{where}: the file shrank from {size} to {done} bytes while it was read; is "
+                    "another program rewriting it in place?",
+                    path=where,
+                )
+            done += n
+    finally:
+        view.release()
+    return memory
+
+
+def _row_bytes(
+    source: RowSource, where: str | None, *, mmap: bool = True
+) -> tuple[np.ndarray, pa.Buffer, str]:
     """The bytes of a row file (mapped, or the caller's buffer, not copied) as a uint8 array and
     a pyarrow buffer, checked as far as ipcguard goes, and the name errors give it."""
     if isinstance(source, bytes | bytearray | memoryview | pa.Buffer):
@@ -348,10 +397,10 @@ def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buf
             raise NotArrowFileError(
                 f"{where}: {raw.size} bytes is too short to be an Arrow IPC file", path=where
             )
-        owner: mmap.mmap | None = None
+        owner: _mmap.mmap | None = None
     else:
         where = where or str(source)
-        owner = _map(Path(source))
+        owner = _map(Path(source), copy=not mmap)
         raw = np.frombuffer(owner, dtype=np.uint8)
         buf = pa.py_buffer(owner)
     head, tail = bytes(raw[: len(MAGIC)]), bytes(raw[-len(MAGIC) :])
@@ -371,16 +420,16 @@ def _row_bytes(source: RowSource, where: str | None) -> tuple[np.ndarray, pa.Buf
 
 
 def read_row_file(
-    source: RowSource, *, where: str | None = None
+    source: RowSource, *, where: str | None = None, mmap: bool = True
 ) -> tuple[pa.RecordBatch, DecodeContext]:
     """Open a one-row Arrow IPC file, check its structure, and return its batch (zero-copy).
 
-    ``source`` is a path (mapped privately) or the file's bytes in memory (viewed, not copied).
-    The footer and the batch header are checked before pyarrow reads them (ipcguard), then
-    pyarrow validates the whole batch; no tensor byte is read. ``where`` names the file in
-    errors (default: the path).
+    ``source`` is a path (mapped privately; with ``mmap=False``, read into memory) or the file's
+    bytes in memory (viewed, not copied). The footer and the batch header are checked before
+    pyarrow reads them (ipcguard), then pyarrow validates the whole batch; no tensor byte is
+    read. ``where`` names the file in errors (default: the path).
     """
-    raw, buf, where = _row_bytes(source, where)
+    raw, buf, where = _row_bytes(source, where, mmap=mmap)
     try:
         reader = ipc.open_file(pa.BufferReader(buf))
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -410,20 +459,59 @@ def schema_identifier(schema: pa.Schema, *, where: str) -> str:
         raise UnknownSchemaError(
             f"{where}: {METADATA_SCHEMA_KEY!r} metadata is not UTF-8 text"
         ) from None
-    fmt = meta.get(METADATA_FORMAT_KEY.encode())
-    if fmt is not None:
-        try:
-            version = int(fmt.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise UnknownSchemaError(
-                f"{where}: {METADATA_FORMAT_KEY!r} metadata {fmt!r} is not a whole number"
-            ) from None
-        if version > FORMAT_VERSION:
-            raise UnknownSchemaError(
-                f"{where}: written in modelrows format version {version}; this modelrows reads "
-                f"up to {FORMAT_VERSION}. Upgrade modelrows to read it."
-            )
+    format_version(schema, where=where)
     return str(qualified)
+
+
+def format_version(schema: pa.Schema, *, where: str) -> int | None:
+    """The format version in ``schema``'s metadata (None without one: another writer's file);
+    refuses a malformed one and one newer than this modelrows reads."""
+    fmt = (schema.metadata or {}).get(METADATA_FORMAT_KEY.encode())
+    if fmt is None:
+        return None
+    try:
+        version = int(fmt.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise UnknownSchemaError(
+            f"{where}: {METADATA_FORMAT_KEY!r} metadata {fmt!r} is not a whole number"
+        ) from None
+    if version > FORMAT_VERSION:
+        raise UnknownSchemaError(
+            f"{where}: written in modelrows format version {version}; this modelrows reads "
+            f"up to {FORMAT_VERSION}. Upgrade modelrows to read it."
+        )
+    return version
+
+
+def verify_values(batch: pa.RecordBatch, *, where: str) -> None:
+    """Raise CorruptRowError if the row's values (every column but its tensors, and its schema
+    identifier) no longer match the values checksum stored with them (format version 2 on;
+    files of version 1 and other writers' files have none, and pass)."""
+    version = format_version(batch.schema, where=where)
+    if version is None or version < VALUES_CHECKSUM_SINCE:
+        return
+    meta = batch.schema.metadata
+    stored = meta.get(METADATA_VALUES_KEY.encode())
+    if stored is None:
+        raise CorruptRowError(
+            f"{where}: written in format version {version}, which stores a values checksum, but "
+            f"its {METADATA_VALUES_KEY!r} metadata is missing; the file is corrupt",
+            path=where,
+        )
+    qualified = schema_identifier(batch.schema, where=where)
+    try:
+        computed = _values_checksum(qualified, batch_columns(batch))
+    except (ArithmeticError, LookupError, TypeError, ValueError, pa.ArrowException) as exc:
+        raise CorruptRowError(
+            f"{where}: its values cannot be checksummed ({exc}); the file is corrupt", path=where
+        ) from exc
+    if stored != computed.encode("ascii"):
+        raise CorruptRowError(
+            f"{where}: values checksum mismatch: stored {stored.decode('ascii', 'replace')}, "
+            f"computed {computed}; a value other than the tensors (a column, its name, or the "
+            "schema identifier) is corrupt",
+            path=where,
+        )
 
 
 def decode_row(
@@ -467,8 +555,11 @@ def _decode_column(
     return column[index].as_py()
 
 
-def verify_row(row: Row, *, where: str) -> None:
-    """Raise CorruptRowError if any weights of ``row`` no longer match their stored checksum."""
+def verify_row(row: Row, *, where: str, batch: pa.RecordBatch | None = None) -> None:
+    """Raise CorruptRowError if any weights of ``row`` no longer match their stored checksum,
+    or, given the ``batch`` it was decoded from, its values their values checksum."""
+    if batch is not None:
+        verify_values(batch, where=where)
     for name, value in [*row._values().items(), *row._extras.items()]:
         if isinstance(value, Weights) and not value.verify():
             raise CorruptRowError(
@@ -490,7 +581,9 @@ def _fetched(source: RowSource, where: str | None) -> tuple[RowSource, str | Non
     return target, where
 
 
-def read_model_row(source: RowSource, *, verify: bool = False, where: str | None = None) -> Row:
+def read_model_row(
+    source: RowSource, *, verify: bool = False, where: str | None = None, mmap: bool = True
+) -> Row:
     """Read the one row of a row file as an instance of its declared class.
 
     ``source`` is the file's path, or its bytes already in memory (``bytes``, ``bytearray``,
@@ -500,11 +593,18 @@ def read_model_row(source: RowSource, *, verify: bool = False, where: str | None
     built when first asked for, so reading a row and its other columns imports no torch. If the
     file's schema is not declared in this process, the nearest declared ancestor in its qualified
     chain is returned, with the other columns in ``row.extras`` and the file's identifier in
-    ``row.declared_schema``. ``verify=True`` also recomputes the checksum of every tensor byte.
-    ``where`` names the file in error messages (default: its path). A path may also be a
-    ``file://`` URL, or ``s3://bucket/key`` (S3 or an S3-compatible store, configured by the
-    standard AWS variables): the object is read whole into memory with parallel ranged requests
-    (no temporary file) and checked alike.
+    ``row.declared_schema``. ``verify=True`` also recomputes the checksum of every tensor byte
+    and (format version 2 on) the values checksum of every other value. ``where`` names the file
+    in error messages (default: its path). A path may also be a ``file://`` URL, or
+    ``s3://bucket/key`` (S3 or an S3-compatible store, configured by the standard AWS
+    variables): the object is read whole into memory with parallel ranged requests (no
+    temporary file) and checked alike.
+
+    ``mmap=False`` reads a file into memory instead of mapping it (one copy, the file's size
+    in RAM). Use it where another program may truncate or rewrite the file in place while the
+    row is in use (shared or network file systems, files not written by modelrows): a mapped
+    file's pages are read when first touched, and touching a page that a truncation removed
+    kills the process with SIGBUS. A copy is never affected by what happens to the file.
 
     >>> import tempfile, torch.nn as nn
     >>> from modelrows import ModelV1, fetch_weights, write_model_row
@@ -514,18 +614,21 @@ def read_model_row(source: RowSource, *, verify: bool = False, where: str | None
     torch.Size([3, 2])
     """
     source, where = _fetched(source, where)
-    batch, ctx = read_row_file(source, where=where)
+    batch, ctx = read_row_file(source, where=where, mmap=mmap)
     row = decode_row(batch, 0, ctx)
     if verify:
-        verify_row(row, where=ctx.where)
+        verify_row(row, where=ctx.where, batch=batch)
     return row
 
 
-def read_row_metadata(source: RowSource, *, where: str | None = None) -> dict[str, Any]:
+def read_row_metadata(
+    source: RowSource, *, where: str | None = None, mmap: bool = True
+) -> dict[str, Any]:
     """Every column of a row file but its tensors, as plain Python values, without torch.
 
-    ``source`` (a path or URL, or bytes) and the checks are as for :func:`read_model_row` (the file's structure, and that
-    its format version is one this modelrows reads), but no row class need be declared: values
+    ``source`` (a path or URL, or bytes), ``mmap`` and the checks are as for
+    :func:`read_model_row` (the file's structure, and that its format version is one this
+    modelrows reads), but no row class need be declared: values
     come as pyarrow's ``as_py()`` gives them (a nested row as a dict, a timestamp as an aware
     datetime). A catalog's row file includes ``row_id`` and ``written_at``. A weights column
     gives its stored checksum (``"xxh3-64:..."``; None if null); no tensor byte is read.
@@ -539,7 +642,7 @@ def read_row_metadata(source: RowSource, *, where: str | None = None) -> dict[st
     (4, True)
     """
     source, where = _fetched(source, where)
-    batch, ctx = read_row_file(source, where=where)
+    batch, ctx = read_row_file(source, where=where, mmap=mmap)
     where = ctx.where
     qualified = schema_identifier(batch.schema, where=where)
     try:

@@ -491,35 +491,107 @@ has hundreds. Larger ones go through ``copy_``, whose copy loop beats glibc's ``
 large blocks."""
 
 
-def _copy_into(
+class _Copy(NamedTuple):
+    """One distinct target of a load: its name, the tensor, and whether one memmove fills it."""
+
+    name: str
+    target: torch.Tensor
+    direct: bool
+
+
+def _plan_copy(
+    model: torch.nn.Module,
     targets: dict[str, torch.Tensor],
     to_load: list[str],
+    source: dict[str, _Source],
+) -> list[_Copy]:
+    """The copies that load ``to_load`` into ``targets`` (each distinct target once), after
+    raising now what a copy would raise half-way, after earlier tensors were written: a target
+    torch refuses to write (an expanded view, whose elements share memory; an inference tensor
+    outside inference mode; a sparse one), and each distinct conversion (source dtype to target
+    dtype and device), tried on one element of scratch memory, so that a warning the caller
+    made an error (complex to real discards the imaginary part) is raised before any byte of the
+    model changes. Each target is queried once, here; the copy loop reuses what it learnt."""
+    seen: set[int] = set()
+    plan: list[_Copy] = []
+    conversions: dict[tuple[torch.dtype, torch.dtype, torch.device], str] = {}
+    inference_mode = torch.is_inference_mode_enabled()
+    plain = (torch.Tensor, torch.nn.Parameter)
+    for name in to_load:
+        target = targets[name]
+        if id(target) in seen:
+            continue
+        seen.add(id(target))
+        problem = advice = None
+        contiguous = False
+        if target.layout != torch.strided:
+            problem = f"is a {target.layout} tensor in the model, which dense weights cannot fill"
+            advice = "Load into a model with dense tensors, then convert."
+        elif not (contiguous := target.is_contiguous()) and any(
+            size > 1 and stride == 0
+            for size, stride in zip(target.shape, target.stride(), strict=True)
+        ):
+            problem = (
+                "is an expanded view in the model (stride 0 in a dimension of size > 1: several "
+                "of its elements share one memory location), which nothing can be copied into"
+            )
+            advice = (
+                "Give the model a tensor of its own there (e.g. register the buffer as .clone() "
+                "of the expanded one)."
+            )
+        elif not inference_mode and target.is_inference():
+            problem = (
+                "is an inference tensor (made under torch.inference_mode()), which cannot be "
+                "changed outside inference mode"
+            )
+            advice = "Load inside torch.inference_mode(), or build the model outside it."
+        if problem is not None:
+            raise WeightsError(
+                f"cannot load weights into {type(model).__name__}: {name} {problem}; the model "
+                f"was not changed. {advice}"
+            )
+        src = source[name]
+        same_dtype = target.dtype == src.dtype
+        if not same_dtype:
+            conversions.setdefault((src.dtype, target.dtype, target.device), name)
+        direct = (
+            contiguous
+            and same_dtype
+            and src.address >= 0
+            and src.nbytes < COPY_DIRECT_BELOW
+            and type(target) in plain
+            and target.is_cpu
+        )
+        plan.append(_Copy(name, target, direct))
+    with torch.no_grad():
+        for (src_dtype, dtype, device), name in conversions.items():
+            try:
+                torch.empty(1, dtype=dtype, device=device).copy_(torch.zeros(1, dtype=src_dtype))
+            except RuntimeError as exc:  # (a warning made an error propagates as it is)
+                raise WeightsError(
+                    f"cannot load weights into {type(model).__name__}: {name} cannot be cast "
+                    f"from {dtype_name(src_dtype, tensor=name)} to "
+                    f"{dtype_name(dtype, tensor=name)} on {device} ({exc}); the model was not "
+                    "changed"
+                ) from exc
+    return plan
+
+
+def _copy_into(
+    plan: list[_Copy],
     weights: Mapping[str, torch.Tensor],
     names: dict[str, str],
     source: dict[str, _Source],
 ) -> None:
-    """Copy each source into its (checked) target, each distinct target once."""
-    done: set[int] = set()
+    """Copy each source into its (checked) target: the copies of :func:`_plan_copy`."""
     direct: list[torch.Tensor] = []  # targets written by memmove: their versions are bumped
     storage = weights._storage if isinstance(weights, Weights) and not weights._owned else None
     mapped = storage is not None and storage.numel() >= PREFAULT_FROM  # (the whole file)
-    spans = [(source[n].address, source[n].nbytes) for n in to_load] if mapped else []
-    plain = (torch.Tensor, torch.nn.Parameter)
+    spans = [(source[c.name].address, source[c.name].nbytes) for c in plan] if mapped else []
     with torch.no_grad(), _prefaulting(spans):
-        for name in to_load:
-            target = targets[name]
-            if id(target) in done:
-                continue
-            done.add(id(target))
+        for name, target, is_direct in plan:
             src = source[name]
-            if (
-                src.address >= 0
-                and src.nbytes < COPY_DIRECT_BELOW
-                and type(target) in plain
-                and target.is_cpu
-                and target.dtype == src.dtype
-                and target.is_contiguous()
-            ):
+            if is_direct:
                 ctypes.memmove(target.data_ptr(), src.address, src.nbytes)
                 direct.append(target)
             else:  # into a plain tensor: no Parameter dispatch
@@ -546,8 +618,10 @@ def load_weights(
     """Copy ``weights`` into ``model`` in place, onto the model's own devices.
 
     Everything is checked before anything is copied: missing, unexpected, mis-shaped and
-    mis-typed tensors are reported together in one :class:`WeightsMismatchError`, and a failed
-    load leaves the model bit-for-bit unchanged. ``strict=False`` loads what matches and reports
+    mis-typed tensors are reported together in one :class:`WeightsMismatchError`; what only a
+    copy would find (a target torch cannot write, such as an expanded buffer; a cast that fails,
+    or warns where warnings are errors) is tried first on scratch memory. A failed load leaves
+    the model bit-for-bit unchanged. ``strict=False`` loads what matches and reports
     the rest. ``prefix="backbone."`` loads the tensors under that prefix into a sub-module.
     ``cast=True`` converts dtypes that differ (otherwise an error: no silent lossy cast).
     Tensors tied in the weights but not in the model are tied again in the model.
@@ -629,12 +703,18 @@ def load_weights(
         if isinstance(targets[owner], torch.nn.Parameter) and isinstance(
             targets[name], torch.nn.Parameter
         ):
-            module, leaf = _owner_module(model, name)
-            setattr(module, leaf, targets[owner])
-            targets[name] = targets[owner]
             retied.append((name, owner))
+    final = dict(targets)
+    for name, owner in retied:
+        final[name] = targets[owner]
 
-    _copy_into(targets, to_load, weights, names, source)
+    # What only the copy would find out: checked here, before the model changes at all.
+    plan = _plan_copy(model, final, to_load, source)
+    for name, owner in retied:
+        module, leaf = _owner_module(model, name)
+        setattr(module, leaf, targets[owner])
+
+    _copy_into(plan, weights, names, source)
     return LoadReport(
         loaded=to_load,
         missing=missing,

@@ -685,15 +685,16 @@ class Catalog:
         on object storage; RowNotFoundError if there is none."""
         return self._path(self._entry(row_id)[PATH])
 
-    def get(self, row_id: str, *, verify: bool = False) -> Row:
+    def get(self, row_id: str, *, verify: bool = False, mmap: bool = True) -> Row:
         """One row by id, weights zero-copy; reads the index entry and opens exactly one file.
+        ``mmap=False`` reads the file into memory instead (see :func:`read_model_row`).
 
         The row's ``row_id`` and ``written_at`` are available as ``row.row_id``/``row.written_at``.
         """
         entry = self._entry(row_id)  # row_id may be an alias: the entry has the row's id
-        return self._read(entry["row_id"], entry[PATH], verify=verify)
+        return self._read(entry["row_id"], entry[PATH], verify=verify, mmap=mmap)
 
-    def _read(self, row_id: str, key: str, *, verify: bool) -> Row:
+    def _read(self, row_id: str, key: str, *, verify: bool, mmap: bool = True) -> Row:
         """Row ``row_id`` from its file ``key``: a regular file (never a link) that holds this
         catalog's columns and the row its name says, checked as every read is."""
         path = self.store.local_path(key)
@@ -702,7 +703,7 @@ class Catalog:
             self._check_belongs(batch, row_id, ctx.where)
             row = decode_row(batch, 0, ctx)
             if verify:
-                verify_row(row, where=ctx.where)
+                verify_row(row, where=ctx.where, batch=batch)
             return row
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)
@@ -720,7 +721,7 @@ class Catalog:
                 path=str(path),
             )
         try:
-            batch, ctx = read_row_file(path)
+            batch, ctx = read_row_file(path, mmap=mmap)
         except RowFileError:
             if not os.path.lexists(path):
                 self._check_not_deleted(row_id)
@@ -728,7 +729,7 @@ class Catalog:
         self._check_belongs(batch, row_id, path)
         row = decode_row(batch, 0, ctx)
         if verify:
-            verify_row(row, where=ctx.where)
+            verify_row(row, where=ctx.where, batch=batch)
         return row
 
     def _fetch(self, key: str) -> tuple[pa.RecordBatch, Any]:
@@ -1152,7 +1153,7 @@ class Catalog:
             batch, ctx = self._fetch(key)
             self._check_belongs(batch, row_id, path)
             if verify:
-                verify_row(decode_row(batch, 0, ctx), where=ctx.where)
+                verify_row(decode_row(batch, 0, ctx), where=ctx.where, batch=batch)
         except FileNotFoundError:
             return RowFileError, f"{path}: the row file is missing (removed by hand?)"
         except StorageError:  # the store failed, not the row
