@@ -2,8 +2,8 @@
 small appends with the index against the row file alone, and the same queries on the same rows in
 Lance and in one Parquet file read by DuckDB, side by side in one run.
 
-    python benchmarks/index.py                          # 100,000 rows + 1,000,000 rows (~15 min)
-    python benchmarks/index.py --quick                  # small sizes, seconds: CI runs this
+    python benchmarks/index.py                          # 100,000 + 1,000,000 rows (5-15 min)
+    python benchmarks/index.py --quick                  # 500 + 5,000 rows, seconds: CI runs this
     python benchmarks/index.py --rows 10000 --big-rows 0 --json results.json
     python benchmarks/index.py --profile                # also pyinstrument profiles (stderr)
 
@@ -12,8 +12,8 @@ How the catalogs are built (printed in the output too):
 - ``--rows`` (100,000): every row is real. Rows (about 1 KB of float32 weights each, 100 runs,
   partitioned by ``run``) go in through the public API, ``catalog.append_many`` in batches of 1,000
   with ``fsync=False`` (one real row file per row, one real index entry per batch), then
-  ``catalog.compact()``. One ``append`` per row would be the same files and entries at 100x the
-  number of index entries before compaction, and about 1 ms + an fsync more per row.
+  ``catalog.compact()``. One ``append`` per row would write the same files with one index entry
+  each, which compaction folds into the same segment (the append section times single appends).
 - ``--big-rows`` (1,000,000): a fast path. The metadata of every row is generated (the same
   columns and value distributions, unique time-ordered row ids, plausible ``_path``, ``_size``,
   ``_checksum``) and published as one index segment through the private ``Index`` class
@@ -21,10 +21,11 @@ How the catalogs are built (printed in the output too):
   compacted catalog of that many rows holds. Only the rows a query loads (the best row, the rows
   ``get`` fetches) have real row files, appended through the public API with the metadata
   generated for them. A query never opens another row file, so its time is the same as over a
-  catalog of a million real files (which would take ~20 minutes and ~4 GB to write here).
+  catalog of a million real files (which would take ~30 minutes and ~8 GB to write here).
 
 Every figure is a median over repetitions, round-robin (see benchmarks/common.py), on a warm page
-cache. Ratios are modelrows' time / the peer's time (above 1: modelrows is slower), paired per
+cache, with the median CPU time beside it (the machine is shared: wall time includes waiting for
+a core). Ratios are modelrows' time / the peer's time (above 1: modelrows is slower), paired per
 round. Needs the ``bench`` extra (pylance for the Lance peer; without it, Lance is skipped).
 """
 
@@ -331,8 +332,13 @@ def build_lance(path: Path, meta: pa.Table, single: int) -> tuple[str, float]:
     assert lance.dataset(path).count_rows() == n
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     how = (
-        f"Lance {lance.__version__}: metadata + weights (binary, 1 KB); {single:,} appends of one row "
-        f"({per_append * 1e3:.1f} ms each), the rest in appends of 10,000 rows ({t2 - t1:.1f} s), "
+        f"Lance {lance.__version__}: metadata + weights (binary, 1 KB); "
+        + (
+            f"{single:,} appends of one row ({per_append * 1e3:.1f} ms each), the rest "
+            if single
+            else ""
+        )
+        + f"in appends of 10,000 rows ({t2 - t1:.1f} s), "
         f"then compact_files + cleanup_old_versions + BTREE index on row_id ({t3 - t2:.1f} s); "
         f"{size / 1e6:.0f} MB"
     )
@@ -712,8 +718,12 @@ def profile(cat: Catalog, root: Path, get_id: str) -> None:
         job()
         profiler.stop()
         log(f"\n== profile: {label}")
-        text = profiler.output_text(unicode=False, color=False, show_all=True)
-        log("\n".join(text.splitlines()[:150]))
+        text = profiler.output_text(
+            unicode=False,
+            color=False,
+            processor_options={"show_regex": r".*[\\/]modelrows[\\/].*", "filter_threshold": 0.02},
+        )
+        log(text)
 
 
 # -- the table -----------------------------------------------------------------------------------------
