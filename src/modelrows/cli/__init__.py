@@ -32,6 +32,6 @@ from __future__ import annotations
 
 from .._errors import CommandLineError
 from . import _catalog_commands, _commands  # noqa: F401  (registers the commands)
-from ._app import app, main
+from ._app import app, main, script
 
-__all__ = ["CommandLineError", "app", "main"]
+__all__ = ["CommandLineError", "app", "main", "script"]

@@ -393,10 +393,31 @@ def declare_rows(modules: Sequence[str] = ()) -> None:
 
 
 def main() -> None:
-    """The ``modelrows`` console script."""
+    """The ``modelrows`` command (in this process: raises SystemExit, as typer does)."""
     try:
         app(prog_name="modelrows")
     except BrokenPipeError:  # e.g. `modelrows ls | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
+
+
+def script() -> None:
+    """The ``modelrows`` console script: :func:`main`, then leave without the interpreter's
+    teardown. The command's work is done and its output flushed; what is left is destroying the
+    C++ thread pools of the libraries it loaded (pyarrow, DuckDB), which aborted a process now and
+    then ("terminate called without an active exception") after a command had succeeded."""
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1
+    os._exit(code or 0)
