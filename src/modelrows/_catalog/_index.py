@@ -355,14 +355,7 @@ class Index:
         )
 
     def _snapshot(self, names: list[str] | None = None) -> Snapshot:
-        found = self.manifests()
-        if not found:
-            raise self._no_index()
-        manifest = self._manifest(found[-1][1])
-        log = self.log_entries()
-        again = self.manifests()
-        if not again or again[-1][1] != found[-1][1]:
-            raise StaleRead(found[-1][1])
+        manifest, log = self._manifest_and_log()
         try:
             base = [self._parquet(k, names) for k in manifest.segments]
         except StaleRead as stale:
