@@ -15,7 +15,8 @@ all (the tests run it on S3 too, through obstore's S3 store).
 - Small objects (index entries, manifests, the catalog file: everything up to ``part_size``)
   are created with one conditional PUT (obstore ``mode="create"``: GCS
   ``x-goog-if-generation-match: 0``, Azure ``If-None-Match: *``); a refused create is
-  ``False``. An object appears whole or not at all.
+  ``False``, unless the object holds exactly the bytes sent (a retried PUT meeting the object
+  its first attempt created). An object appears whole or not at all.
 - A larger object (a row file: its key is a fresh unique id) is streamed as a multipart upload
   (GCS XML multipart upload, Azure block list), ``max_concurrency`` parts at a time, and
   committed at once; obstore aborts the upload on any failure, so a row object is whole or
@@ -387,6 +388,10 @@ class ObjStore:
         return self._create(name, bytes(view))
 
     def _create(self, key: str, body: bytes) -> bool:
+        """One conditional PUT. A refusal is False unless the object holds exactly ``body``:
+        obstore retries a PUT whose answer was lost, and the retry meets the object the first
+        attempt created (obstore does not say whether it retried). The same bytes under the
+        same key are the same state whoever wrote them, so True is right either way."""
         import obstore
         from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
 
@@ -394,9 +399,13 @@ class ObjStore:
             obstore.put(self.store, key, body, mode="create", use_multipart=False)
             return True
         except (AlreadyExistsError, PreconditionError):
-            return False
+            pass
         except (BaseError, OSError, ValueError) as exc:
             raise self._error("create", key, exc) from None
+        try:
+            return self.get(key) == body
+        except FileNotFoundError:  # deleted since: it existed, the create was refused
+            return False
 
     def put_stream_if_absent(
         self, key: str, write: Callable[[IO[bytes]], None], *, fsync: bool = True
