@@ -127,3 +127,44 @@ class Azurite:
             self.process.stderr.close()
         if self._log is not None:
             self._log.close()
+
+
+def _stuck_worker(url: str, run: str, stage: str) -> None:
+    """``python tests/azurite.py append-stuck URL RUN STAGE``: append one 12 MB row to the
+    catalog at URL and stop inside the append, printing ``stuck``: STAGE ``upload`` once the
+    first part of its multipart upload was taken by obstore, ``publish`` once the row object
+    is written, before its index entry is; the test kills the process."""
+    import sys
+    from typing import Any
+
+    from modelrows import Catalog, fetch_weights
+    from modelrows._catalog import _objstore
+    from modelrows._catalog._index import Index
+    from s3server import model, row_class
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:
+        print("stuck", flush=True)
+        sys.stdin.read()  # until killed
+
+    if stage == "upload":
+        send = _objstore._Upload._send
+
+        def part_then_stuck(self: Any, item: object) -> None:
+            send(self, item)
+            assert self._queue is not None
+            while not self._queue.empty():  # obstore took the part
+                time.sleep(0.01)
+            stuck()
+
+        _objstore._Upload._send = part_then_stuck  # type: ignore[method-assign]
+    else:
+        Index.publish_add = stuck  # type: ignore[method-assign]
+    row = row_class()
+    Catalog.open(url).append(row(weights=fetch_weights(model(0, 1750)), run=run))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["append-stuck"]:
+        _stuck_worker(*sys.argv[2:5])

@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -256,6 +257,9 @@ def test_absent_keys_deletes_and_invalid_keys(store: ObjStore) -> None:
         store.get_ranges("missing.json", [(0, 4)])
     store.delete("missing.json")  # absent: fine
     assert store.put_if_absent("k.json", b"1") is True
+    assert store.put_if_absent("empty.json", b"") is True
+    assert store.read_all("empty.json") == bytearray() and store.get("empty.json") == b""
+    assert store.size("empty.json") == 0
     store.delete("k.json")
     assert store.size("k.json") is None and store.put_if_absent("k.json", b"2") is True
     for bad in ["", "/abs", "a//b", "a/../b", "./a"]:
@@ -452,6 +456,44 @@ def test_concurrent_writers_in_separate_processes_on_azure(az_url: str) -> None:
             target = model(0)
             load_weights(target, row.weights)
             assert same_weights(target, model(10 * n + epoch))
+
+
+@pytest.mark.parametrize("stage", ["upload", "publish"])
+def test_a_writer_killed_mid_append_leaves_no_row_on_azure(az_url: str, stage: str) -> None:
+    catalog = Catalog.create(az_url, Row, partition_by=["run"])
+    kept = [append(catalog, 1)]
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}"}
+    writer = subprocess.Popen(
+        [sys.executable, str(HERE / "azurite.py"), "append-stuck", az_url, "a", stage],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert writer.stdout is not None
+        line = writer.stdout.readline().strip()
+        assert line == "stuck", writer.communicate(timeout=60)[1][-3000:]
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.communicate(timeout=60)
+
+    def row_objects() -> list[str]:
+        return [k for k, _ in catalog.store.list("") if k.endswith(".arrow")]
+
+    assert ids_of(Catalog.open(az_url)) == kept
+    if stage == "upload":  # nothing visible: uncommitted blocks only
+        assert len(row_objects()) == 1
+        assert catalog.vacuum(older_than=0) == []
+    else:  # the whole row object, never published: vacuum removes it once old enough
+        assert len(row_objects()) == 2
+        assert catalog.vacuum() == []  # young: its writer may still publish it
+        (removed,) = catalog.vacuum(older_than=0)
+        assert str(removed).startswith(f"{az_url}/run=a/")
+        assert len(row_objects()) == 1
+    kept.append(append(catalog, 2, size=BIG))
+    assert ids_of(Catalog.open(az_url)) == sorted(kept)
 
 
 @pytest.mark.slow

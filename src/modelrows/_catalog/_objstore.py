@@ -471,22 +471,23 @@ class ObjStore:
 
         name = self._key(key)
         chunk = self.read_chunk_size
-        first = self._call("read", key, lambda: obstore.get(self.store, name))
+        try:
+            first = self._get_range(name, 0, chunk, None)
+        except StorageError as exc:
+            if "416" not in str(exc):
+                raise
+            # no byte range of an empty object exists: ask for the whole (empty) object
+            first = self._call("read", key, lambda: obstore.get(self.store, name))
         meta = first.meta
         total = int(meta["size"])
         etag = meta.get("e_tag")
+        head = int(first.range[1]) - int(first.range[0])
         buffer = bytearray(total)
         view = memoryview(buffer)
-        if total <= chunk:  # small: the one response is the object
-            data = self._call("read", key, first.bytes)
-            view[: len(data)] = data
-            return buffer if len(data) == total else buffer[: len(data)]
-        del first  # its body is dropped unread; the object comes in ranges instead
-        starts = list(range(0, total, chunk))
 
         def fetch(start: int) -> None:
             end = min(start + chunk, total)
-            got = self._get_range(name, start, end, etag)
+            got = first if start == 0 else self._get_range(name, start, end, etag)
             data = self._call("read", key, got.bytes)
             if len(data) != end - start:
                 raise StorageError(
@@ -497,6 +498,11 @@ class ObjStore:
                 )
             view[start:end] = data
 
+        starts = [0, *range(head, total, chunk)] if total else []
+        if len(starts) <= 1:
+            if starts:
+                fetch(0)
+            return buffer
         with ThreadPoolExecutor(min(self.max_concurrency, len(starts))) as pool:
             list(pool.map(fetch, starts))
         return buffer
