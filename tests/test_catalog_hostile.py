@@ -13,8 +13,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch.nn as nn
 
@@ -28,6 +30,7 @@ from modelrows import (
     StorageError,
     fetch_weights,
 )
+from modelrows._catalog import _index
 
 
 class HostileRowV1(ModelV1, schema="hostile.row", version=1):
@@ -368,3 +371,40 @@ def test_a_damaged_index_file_is_refused_before_any_engine_parses_it(catalog: Ca
         )
     assert fresh.reindex() == 4
     assert len(fresh) == 4 and fresh.verify() == []
+
+
+def _forge_entry(catalog: Catalog, table: pa.Table, **options: Any) -> Path:
+    """An add entry in the catalog's log with the right hash in its name, holding ``table``."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as w:
+        w.write_table(table)
+    data = sink.getvalue().to_pybytes()
+    path = catalog.root / _index.LOG / f"{_index.new_id()}.{_index._digest(data)}.add.ipc"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("forgery", ["compressed", "extension type", "other columns"])
+def test_a_forged_log_entry_is_refused_before_arrow_reads_it(
+    catalog: Catalog, forgery: str
+) -> None:
+    # the hash in the name matches: only the entry's own checks stand between it and pyarrow
+    good = catalog.index_table().slice(0, 1)
+    if forgery == "compressed":  # a compressed body declares sizes allocated before any check
+        path = _forge_entry(catalog, good, compression="zstd")
+        reason = "compressed"
+    elif forgery == "extension type":  # a type pyarrow would build with registered code
+        meta = {b"ARROW:extension:name": b"evil.type", b"ARROW:extension:metadata": b""}
+        fields = [f.with_metadata(meta) if f.name == "run" else f for f in good.schema]
+        path = _forge_entry(catalog, good.cast(pa.schema(fields)))
+        reason = "extension"
+    else:
+        path = _forge_entry(catalog, pa.table({"row_id": ["X"], "surprise": [1]}))
+        reason = "columns are not the catalog's"
+    fresh = Catalog.open(catalog.root)
+    with pytest.raises(CatalogError) as info:
+        len(fresh)
+    assert str(info.value).startswith(f"{path}: ")
+    assert reason in str(info.value) and "catalog.reindex()" in str(info.value)
+    path.unlink()
+    assert len(Catalog.open(catalog.root)) == 4

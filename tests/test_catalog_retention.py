@@ -111,7 +111,7 @@ def test_one_retention_is_one_atomic_delete(catalog: Catalog) -> None:
     before = {p.name for p in log.iterdir()}
     assert len(catalog.retain(by="accuracy", keep_top_k=3)) == 7
     new = {p.name for p in log.iterdir()} - before
-    assert len(new) == 1 and next(iter(new)).endswith(".del.parquet")
+    assert len(new) == 1 and next(iter(new)).endswith(".del.ipc")
 
 
 def test_what_retention_cannot_do_is_refused(catalog: Catalog) -> None:

@@ -468,11 +468,12 @@ def test_a_version_1_file_is_verified_by_its_tensors_alone(tmp_path: Path) -> No
 
 # -- the golden catalog -----------------------------------------------------------------------------
 
-GOLDEN_CATALOG = CURRENT / make_golden.CATALOG2  # what today's writer writes
+GOLDEN_CATALOG = CURRENT / make_golden.CATALOG3  # what today's writer writes
 GOLDEN_CATALOGS = [  # every catalog format, and row files of every format version
     V1 / make_golden.CATALOG,
     V1 / make_golden.CATALOG2,
     V2 / make_golden.CATALOG2,
+    V2 / make_golden.CATALOG3,
 ]
 
 
@@ -550,3 +551,22 @@ def test_writer_reproduces_the_golden_catalog(tmp_path: Path) -> None:
     assert _logical_rows(fresh) == _logical_rows(GOLDEN_CATALOG)
     shutil.copytree(GOLDEN_CATALOG, tmp_path / "golden")
     assert _logical_index(fresh) == _logical_index(tmp_path / "golden")
+
+
+def test_a_catalog_of_format_2_keeps_parquet_log_entries_for_its_readers(tmp_path: Path) -> None:
+    # readers written for format 2 know Parquet log entries only: an append there must stay
+    # visible to them, so today's writer keeps writing Parquet entries into such a catalog
+    shutil.copytree(V2 / make_golden.CATALOG2, tmp_path / "catalog")
+    catalog = Catalog.open(tmp_path / "catalog")
+    assert catalog.format_version == 2
+    row = make_golden.catalog_rows()[0].replace(epoch=9)
+    row_id = catalog.append(row)
+    log = sorted(p.name for p in (tmp_path / "catalog" / "_index" / "log").iterdir())
+    assert (
+        [n for n in log if n.startswith(row_id)]
+        == [n for n in log if n.startswith(row_id) and n.endswith(".add.parquet")]
+        != []
+    )
+    assert len(Catalog.open(tmp_path / "catalog")) == 4
+    fresh = make_golden.write_catalog(tmp_path / "fresh").root  # a new catalog: Arrow IPC entries
+    assert {p.name.rsplit(".", 2)[-2:][1] for p in (fresh / "_index" / "log").iterdir()} == {"ipc"}

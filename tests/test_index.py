@@ -367,8 +367,8 @@ def test_delete_where_is_one_condition_never_a_second_statement(root: Path, wher
     assert set(deleted) <= {ids[1]}
     assert live_ids(Catalog.open(root)) == sorted(set(ids) - set(deleted))
     if not deleted:
-        entries = keys(root, LOG)  # <row id>.<hash>.add.parquet: no delete entry
-        assert all(k.endswith(".add.parquet") for k in entries)
+        entries = keys(root, LOG)  # <row id>.<hash>.add.ipc: no delete entry
+        assert all(k.endswith(".add.ipc") for k in entries)
         assert sorted(k.split(".")[0] for k in entries) == sorted(ids)
 
 
@@ -468,13 +468,13 @@ def test_reindex_restores_a_lost_or_damaged_index(
     [segment] = catalog.index_files()
     manifest = MANIFESTS + keys(root, MANIFESTS)[-1]
     [add_entry] = [
-        LOG + n for n in keys(root, LOG) if n.startswith(ids[6]) and n.endswith(".add.parquet")
+        LOG + n for n in keys(root, LOG) if n.startswith(ids[6]) and n.endswith(".add.ipc")
     ]
     [delete_entry] = [  # the crashed delete's entry
         LOG + name
         for name in keys(root, LOG)
-        if name.endswith(".del.parquet")
-        and ids[1] in catalog._index._parquet(LOG + name).column("row_id").to_pylist()
+        if name.endswith(".del.ipc")
+        and ids[1] in catalog._index._read(LOG + name).column("row_id").to_pylist()
     ]
 
     damaged: str | None  # the file queries must name

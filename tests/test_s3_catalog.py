@@ -327,7 +327,7 @@ def test_server_stopped_when_an_index_entry_is_sent(
     """Before: the entry never landed. After: it landed and its answer was lost. Either way the
     append cannot tell, says so, and keeps its row object: the row is whole or absent."""
     kept = [append(catalog, 1)]
-    server.faults.stop_server(put_of(".add.parquet"), after=after)
+    server.faults.stop_server(put_of(".add.ipc"), after=after)
     with pytest.raises(StorageError, match="The store did not say whether the row went in"):
         append(catalog, 2, epoch=2)
     server.start()
@@ -372,7 +372,7 @@ def test_server_stopped_mid_delete(
     server: S3TestServer, bucket: str, catalog: Catalog, url: str
 ) -> None:
     ids = sorted(append(catalog, i, epoch=i) for i in range(4))
-    server.faults.stop_server(put_of(".del.parquet"))
+    server.faults.stop_server(put_of(".del.ipc"))
     with pytest.raises(StorageError, match="could not create"):
         catalog.delete(ids[0])
     server.start()
@@ -400,7 +400,7 @@ def test_a_conditional_write_refused_by_the_server_is_handled(
     server.faults.fail(put_of("_index/manifests/"), status=409, code="ConditionalRequestConflict")
     assert catalog.compact() is True  # a concurrent write in flight: asked again
     assert ids_of(Catalog.open(url)) == ids
-    server.faults.fail(put_of(".add.parquet"), status=412, code="PreconditionFailed")
+    server.faults.fail(put_of(".add.ipc"), status=412, code="PreconditionFailed")
     with pytest.raises(CatalogError, match="exists already; row ids must be unique"):
         append(catalog, 5)
     assert ids_of(Catalog.open(url)) == ids and len(row_objects(server, bucket)) == 3

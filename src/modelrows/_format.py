@@ -170,9 +170,11 @@ CATALOG_FILE = "_modelrows_catalog.json"
 CATALOG_FORMAT = "modelrows.catalog"
 """The ``format`` value of the catalog description."""
 
-CATALOG_FORMAT_VERSION = 2
-"""The ``format_version`` of the catalog description this library writes: 2, the catalog has an
-index under ``_index/`` (section 7); 1, row files alone (indexed on first use)."""
+CATALOG_FORMAT_VERSION = 3
+"""The ``format_version`` of the catalog description this library writes: 3, the catalog has an
+index under ``_index/`` whose log entries are Arrow IPC files (section 6.4); 2, the same index with
+Parquet log entries (this library keeps writing those into a catalog of format 2, so that the
+readers it was written for see every row); 1, row files alone (indexed on first use)."""
 
 INDEX_DIR = "_index"
 """The catalog index's directory (prefix) under the root (section 7)."""

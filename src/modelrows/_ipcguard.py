@@ -21,6 +21,7 @@ __all__ = [
     "FlatTable",
     "check_row_file",
     "check_schema_message",
+    "check_stream_batch",
     "message_table",
 ]
 
@@ -217,11 +218,12 @@ def check_schema_message(data: bytes, *, where: str) -> None:
         ) from None
 
 
-def check_row_file(data: memoryview, *, where: str) -> None:
+def check_row_file(data: memoryview, *, where: str, one_row: bool = True) -> None:
     """Check the framing of a row file whose ``ARROW1`` magic is present at both ends.
 
     Reads only the footer and the record batch's message header; raises NotArrowFileError,
     RowCountError, UnsupportedFeatureError or CorruptRowError, each naming ``where``.
+    ``one_row=False`` checks an index log entry: one record batch of any number of rows.
     """
     size = len(data)
     footer_len = _unpack(_I32, data, size - 10)
@@ -266,10 +268,34 @@ def check_row_file(data: memoryview, *, where: str) -> None:
             "file truncated or damaged?",
             path=where,
         )
-    _check_batch(data[offset : offset + meta_len], body_len, where)
+    _check_batch(data[offset : offset + meta_len], body_len, where, one_row)
 
 
-def _check_batch(meta: memoryview, body_len: int, where: str) -> None:
+def check_stream_batch(data: memoryview, at: int, *, where: str) -> int:
+    """Check the record batch message at byte ``at`` of an Arrow IPC stream (framing, no
+    compression, every buffer inside its body, the body inside ``data``); return the byte after
+    its body. Raises CorruptRowError or UnsupportedFeatureError naming ``where``."""
+    try:
+        if bytes(data[at : at + 4]) != _CONTINUATION:
+            raise _Malformed(f"no message at byte {at}")
+        meta_len = _unpack(_I32, data, at + 4)
+        if meta_len <= 8 or at + 8 + meta_len > len(data):
+            raise _Malformed(f"a {meta_len}-byte message header at byte {at}")
+        meta = data[at : at + 8 + meta_len]
+        body_len = message_table(meta).scalar(_MESSAGE_BODY_LENGTH, _I64)
+    except _Malformed as exc:
+        raise CorruptRowError(f"{where}: the record batch is corrupt ({exc})", path=where) from None
+    end = at + 8 + meta_len + body_len
+    if body_len < 0 or end > len(data):
+        raise CorruptRowError(
+            f"{where}: the record batch's {body_len}-byte body does not fit in the file",
+            path=where,
+        )
+    _check_batch(meta, body_len, where, one_row=False)
+    return end
+
+
+def _check_batch(meta: memoryview, body_len: int, where: str, one_row: bool = True) -> None:
     def corrupt(problem: str) -> CorruptRowError:
         return CorruptRowError(
             f"{where}: the record batch header is corrupt ({problem}); the file is damaged",
@@ -295,7 +321,7 @@ def _check_batch(meta: memoryview, body_len: int, where: str) -> None:
                 path=where,
             )
         rows = batch.scalar(_BATCH_LENGTH, _I64)
-        if rows != 1:
+        if rows != 1 and (one_row or rows < 0):
             raise RowCountError(
                 f"{where}: holds {rows} rows; a row file holds exactly one", path=where
             )

@@ -232,10 +232,10 @@ build and a dry run. A guess only: the dry run checks it like any other plan."""
 
 def _serialize(
     build: Callable[[dict[str, BlobPlan]], pa.RecordBatch], f: IO[bytes], *, layout: Any = None
-) -> None:
+) -> pa.RecordBatch:
     """Write the batch ``build`` makes so every weights blob is where its plan says (mod 64),
-    streaming each blob from its tensors (see ``_blob.BlobStream``). ``layout``: a key under which
-    to remember where the blobs landed, for the next batch of the same layout."""
+    streaming each blob from its tensors (see ``_blob.BlobStream``), and return it. ``layout``: a
+    key under which to remember where the blobs landed, for the next batch of the same layout."""
     guess = _LANDED.get(layout, {}) if layout is not None else {}
     plans = {name: BlobPlan(position) for name, position in guess.items()}
     for _ in range(8):
@@ -266,6 +266,7 @@ def _serialize(
     for name, key in blob_buffers(batch).items():
         if (sink.positions.get(key, -1) - plans[name].position) % ALIGNMENT:
             raise AssertionError(f"weights column {name!r} landed misaligned")  # pragma: no cover
+    return batch
 
 
 def prepare_row_file(
@@ -280,9 +281,13 @@ def prepare_row_file(
 
 
 def row_writer(
-    row: Row, *, managed: Mapping[str, tuple[pa.DataType, Any]] | None = None
+    row: Row,
+    *,
+    managed: Mapping[str, tuple[pa.DataType, Any]] | None = None,
+    written: list[pa.RecordBatch] | None = None,
 ) -> Callable[[IO[bytes]], None]:
-    """What writes one row (plus ``managed`` columns) to a file object, sequentially."""
+    """What writes one row (plus ``managed`` columns) to a file object, sequentially; the record
+    batch written is appended to ``written`` (the catalog's index takes its columns from it)."""
     if not isinstance(row, Row) or not type(row).__identifier__:
         raise RowValidationError(
             f"expected a row (an instance of a declared Row class), got {type(row).__name__}"
@@ -295,7 +300,9 @@ def row_writer(
         def build(plans: dict[str, BlobPlan]) -> pa.RecordBatch:
             return row_batch(row, managed=managed, plans=plans, values_checksum=checksum)
 
-        _serialize(build, f, layout=layout)
+        batch = _serialize(build, f, layout=layout)
+        if written is not None:
+            written.append(batch)
 
     return write
 

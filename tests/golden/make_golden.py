@@ -134,7 +134,8 @@ GOLDEN: dict[str, Callable[[], Row]] = {
 MANIFEST = "MANIFEST.json"
 CATALOG = "catalog"  # catalog format 1: row files alone (written before the index)
 CATALOG2 = "catalog2"  # catalog format 2: row files and the Parquet index
-CATALOGS = (CATALOG2,)  # what today's writer writes (the older ones stay as they were)
+CATALOG3 = "catalog3"  # catalog format 3: the index's log entries in Arrow IPC
+CATALOGS = (CATALOG3,)  # what today's writer writes (the older ones stay as they were)
 
 
 def catalog_rows() -> list[Row]:

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pyarrow as pa
 
-from .._arrowtypes import IntType, WeightsType
+from .._arrowtypes import IntType
 from .._errors import (
     CatalogError,
     CorruptRowError,
@@ -233,7 +233,11 @@ class Catalog:
         self.format_version: int = meta["format_version"]
         self.schema_name = self.schema.split(">")[0].split("@")[0]
         self._weights = frozenset(f.name for f in self.arrow_schema if is_weights_type(f.type))
-        self._index = Index(store, _index.index_schema(self.arrow_schema, self._weights))
+        self._index = Index(
+            store,
+            _index.index_schema(self.arrow_schema, self._weights),
+            parquet_log=self.format_version == 2,
+        )
         self._local = threading.local()  # one DuckDB connection per thread
         self._indexed = False
 
@@ -361,7 +365,8 @@ class Catalog:
         written_at = dt.datetime.now(dt.timezone.utc)
         managed = {"row_id": (ROW_ID_TYPE, row_id), "written_at": (WRITTEN_AT_TYPE, written_at)}
         key = "/".join([*segments, row_file_name(row_id, self.schema_name)])
-        write = row_writer(row, managed=managed)
+        batches: list[pa.RecordBatch] = []
+        write = row_writer(row, managed=managed, written=batches)
         size = [0]
 
         def counted(f: IO[bytes]) -> None:
@@ -379,26 +384,16 @@ class Catalog:
             ) from exc.__cause__
         if not created:
             raise CatalogError(f"{self.url}/{key} exists already; row ids must be unique")
-        return self._index_row(row, row_id, written_at, key, size[0])
+        return self._index_row(row, batches[-1], key, size[0])
 
-    def _index_row(
-        self, row: Row, row_id: str, written_at: dt.datetime, key: str, size: int
-    ) -> pa.Table:
-        cls = type(row)
-        arrays: list[pa.Array] = [
-            pa.array([row_id], ROW_ID_TYPE),
-            pa.array([written_at], WRITTEN_AT_TYPE),
+    def _index_row(self, row: Row, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
+        """The index row of ``row``, written as ``batch`` to the file ``key`` of ``size`` bytes:
+        the batch's columns but the weights, then the file, its size, the weights' checksums."""
+        arrays = [batch.column(f.name) for f in self.arrow_schema if f.name not in self._weights]
+        checksums = [
+            value._last_written_checksum() if value is not None else ""
+            for value in (getattr(row, n) for n in self.arrow_schema.names if n in self._weights)
         ]
-        checksums = []
-        for f in self.arrow_schema:
-            if f.name in MANAGED_COLUMNS:
-                continue
-            ftype = cls.__row_fields__[f.name].type
-            value = getattr(row, f.name)
-            if isinstance(ftype, WeightsType):
-                checksums.append(value._last_written_checksum() if value is not None else "")
-            else:
-                arrays.append(ftype.to_arrow([value]))
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
         return pa.Table.from_arrays(arrays, schema=self._index.schema)
 
@@ -430,7 +425,7 @@ class Catalog:
         except BaseException as exc:
             outcome = self._publish_outcome(exc, written, len(batch))
             if outcome == "published":
-                return self._appended(written, segments, fsync=fsync)
+                return self._appended(written, fsync=fsync)
             visible = isinstance(exc, StorageError) and exc.visible and len(written) == len(batch)
             if not visible and outcome == "failed":
                 for table in written:  # never published: take the files back
@@ -456,15 +451,11 @@ class Catalog:
                 step=exc.step,
                 visible=visible,
             ) from exc.__cause__
-        return self._appended(written, segments, fsync=fsync)
+        return self._appended(written, fsync=fsync)
 
-    def _appended(
-        self, written: list[pa.Table], segments: list[list[str]], *, fsync: bool
-    ) -> list[str]:
+    def _appended(self, written: list[pa.Table], *, fsync: bool) -> list[str]:
         """The ids of rows just published; now and then, some housekeeping."""
-        self._maybe_compact(
-            fsync=fsync, directory="/".join(segments[-1]) + "/" if segments[-1] else ""
-        )
+        self._maybe_compact(fsync=fsync)
         return [str(t.column("row_id")[0].as_py()) for t in written]
 
     def _publish_outcome(
@@ -486,18 +477,17 @@ class Catalog:
             return "unknown"
         return "absent" if found is None else "published"
 
-    def _maybe_compact(self, *, fsync: bool, directory: str = "") -> None:
-        """Now and then (one call in CHECK_EVERY): fold a long log into a segment, and remove
-        the temporary files dead writers left in ``directory`` (the partition just written) and
-        in the log (what an append can leave); a cheap, bounded amount of work."""
+    def _maybe_compact(self, *, fsync: bool) -> None:
+        """Now and then (one call in CHECK_EVERY, a listing of the log): fold a long log into a
+        segment, and then remove the temporary files dead writers left in the log. Bounded work
+        that never grows with the catalog: what dead writers left in partitions is
+        :meth:`vacuum`'s (finding it means listing every row file of a partition)."""
         if secrets.randbelow(_index.CHECK_EVERY):
             return
         with contextlib.suppress(ModelRowsError, OSError):
             if self._index.log_size() >= _index.COMPACT_AT:
                 self._index.compact(fsync=fsync)
-            for prefix in {directory, _index.LOG}:
-                if prefix:
-                    self.store.cleanup_uploads(3600.0, prefix)
+                self.store.cleanup_uploads(3600.0, _index.LOG)
 
     # -- the index ----------------------------------------------------------------------------------
     def _ensure_index(self) -> None:
@@ -551,10 +541,10 @@ class Catalog:
             if manifest is not None:
                 deleted |= manifest.deleted
         for name in log_before:
-            if name.endswith(".del.parquet"):
+            if _index.is_delete(name):
                 with contextlib.suppress(ModelRowsError, _index.StaleRead):
                     deleted |= set(
-                        self._index._parquet(_index.LOG + name).column("row_id").to_pylist()
+                        self._index._read(_index.LOG + name).column("row_id").to_pylist()
                     )
         files = self._row_file_copies()
         step, close = _progress(progress, len(files), f"indexing {self.url}")

@@ -2,14 +2,17 @@
 
 Layout under the catalog root (docs/format.md, "The catalog index")::
 
-    _index/log/<id>.<hash>.add.parquet   rows appended (one file per append call)
-    _index/log/<id>.<hash>.del.parquet   row ids deleted (one file per delete call), column row_id
+    _index/log/<id>.<hash>.add.ipc     rows appended (one file per append call)
+    _index/log/<id>.<hash>.del.ipc     row ids deleted (one file per delete call), column row_id
     _index/segments/<id>.<hash>.parquet  compacted index rows, sorted by row_id
     _index/manifests/<seq>.json        which segments make the index, which row ids of them are
                                        deleted, which log entries they already hold ("covered")
 
-``<hash>`` is the xxh3-64 of the file's bytes (16 hex digits): a reader checks it before any
-Parquet reader parses the file, so a damaged index file is refused by name, never handed to an
+Log entries are Arrow IPC files (the row files' own format: a one-batch entry costs a tenth of a
+Parquet file to write and to read, and every append writes one, every reader reads them until a
+compaction folds them); segments are Parquet, what engines read. Entries named ``.parquet`` (the
+first index format) are read too. ``<hash>`` is the xxh3-64 of the file's bytes (16 hex digits):
+a reader checks it before any Arrow or Parquet reader parses the file, so a damaged index file is refused by name, never handed to an
 engine. Every object is created once, whole, under a name nobody else uses (create-if-absent), and is
 never changed; the only other operations are read, list a prefix and delete. That is all an
 object store offers, so the same protocol runs on a local disk and on S3.
@@ -27,6 +30,7 @@ valid, and every log entry still present is either covered or read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import secrets
@@ -42,6 +46,7 @@ import pyarrow.parquet as pq
 
 from .._errors import CatalogError, ModelRowsError, StorageError
 from .._format import INDEX_DIR
+from .._ipcguard import check_row_file, check_stream_batch
 from ._store import Store
 
 LOG = f"{INDEX_DIR}/log/"
@@ -66,6 +71,8 @@ CHECK_EVERY = 16
 MAX_SEGMENTS = 8
 """More segments than this are merged into one (and deleted rows purged) by a compaction."""
 _ROW_GROUP = 16384
+_ADD = (".add.ipc", ".add.parquet")
+_DEL = (".del.ipc", ".del.parquet")
 _MAX_MANIFEST_BYTES = 64 << 20
 _RETRIES = 50
 
@@ -122,20 +129,47 @@ def index_schema(file_schema: pa.Schema, weight_columns: Iterable[str]) -> pa.Sc
     return pa.schema([*fields, *EXTRA_FIELDS])
 
 
-def to_parquet(table: pa.Table, *, log_entry: bool = False) -> bytes:
-    """Parquet bytes of index rows: segments zstd-compressed; log entries (a few rows, read once
-    by each reader until compaction folds them) plain, which makes writing one a third as
-    costly (zstd's set-up per column dominates a one-row file)."""
+def to_parquet(table: pa.Table) -> bytes:
+    """Parquet bytes of a segment's rows (zstd, statistics of row_id for lookups)."""
     sink = io.BytesIO()
     pq.write_table(
-        table,
-        sink,
-        row_group_size=_ROW_GROUP,
-        compression="none" if log_entry else "zstd",
-        use_dictionary=not log_entry,
-        write_statistics=["row_id"],
+        table, sink, row_group_size=_ROW_GROUP, compression="zstd", write_statistics=["row_id"]
     )
     return sink.getvalue()
+
+
+def to_arrow(table: pa.Table) -> bytes:
+    """Arrow IPC file bytes of a log entry's rows (at least one): one record batch, uncompressed."""
+    (batch,) = table.combine_chunks().to_batches()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+_MAGIC = b"ARROW1\0\0"
+ROW_ID = pa.field("row_id", pa.string())
+"""The one column of a delete entry."""
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_message(schema: pa.Schema) -> bytes:
+    """The bytes of the IPC schema message pyarrow writes for ``schema``: a log entry of that
+    schema starts with them, right after the file's magic."""
+    sink = pa.BufferOutputStream()
+    pa.ipc.new_stream(sink, schema).close()
+    message: bytes = sink.getvalue().to_pybytes()
+    return message[:-8]  # without the end-of-stream marker
+
+
+def is_add(name: str) -> bool:
+    """Whether a log entry's name is an add entry's (``.add.ipc``, or ``.add.parquet``)."""
+    return name.endswith(_ADD)
+
+
+def is_delete(name: str) -> bool:
+    """Whether a log entry's name is a delete entry's (``.del.ipc``, or ``.del.parquet``)."""
+    return name.endswith(_DEL)
 
 
 @dataclass(frozen=True)
@@ -240,14 +274,15 @@ class StaleRead(Exception):
 class Index:
     """The index of one catalog on one store (see the module docstring)."""
 
-    def __init__(self, store: Store, schema: pa.Schema) -> None:
+    def __init__(self, store: Store, schema: pa.Schema, *, parquet_log: bool = False) -> None:
         self.store = store
         self.schema = schema
+        self.parquet_log = parquet_log  # log entries as Parquet (a catalog of format 2)
         self._cache: dict[str, pa.Table] = {}  # immutable objects by key: segments, log entries
         self._lock = threading.Lock()
 
     # -- reading ------------------------------------------------------------------------------------
-    def _parquet(self, key: str, names: list[str] | None = None) -> pa.Table:
+    def _read(self, key: str, names: list[str] | None = None) -> pa.Table:
         """An index file's rows (only the columns ``names``, when given: a segment is then read
         column by column, not whole), cached: index files never change."""
         projection = key if names is None else f"{key}#{','.join(names)}"
@@ -258,7 +293,12 @@ class Index:
         if hit is not None:
             return hit if names is None else hit.select(names)
         try:
-            table = self._open_parquet(key).read(columns=names)
+            if key.endswith(".ipc"):
+                table = self._open_arrow(key)
+                if names is not None:
+                    table = table.select(names)
+            else:
+                table = self._open_parquet(key).read(columns=names)
         except FileNotFoundError:
             raise StaleRead(key) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
@@ -279,6 +319,32 @@ class Index:
         where installed: seconds of start-up for a command that reads a few kilobytes)."""
         return pq.ParquetFile(pa.BufferReader(self._checked_bytes(key)))
 
+    def _open_arrow(self, key: str) -> pa.Table:
+        """One log entry (Arrow IPC), its bytes checked against the hash in its name and its
+        framing checked as a row file's is (no compression, dictionaries or extension types)
+        before pyarrow reads it.
+
+        The quick way, for an entry whose schema message is byte for byte the one this catalog's
+        writers write (so it holds nothing but the expected columns): check its one record
+        batch's header and read the file's stream part up to that batch. Otherwise the footer
+        and its schema are walked as a row file's are (``check_row_file``), and the file read."""
+        data = self._checked_bytes(key)
+        where = f"{self.store.url}/{key}"
+        view = memoryview(data)
+        expected = _schema_message(pa.schema([ROW_ID]) if is_delete(key) else self.schema)
+        try:
+            if data[:8] == _MAGIC and view[8 : 8 + len(expected)] == expected:
+                check_stream_batch(view, 8 + len(expected), where=where)
+                reader = pa.ipc.open_stream(pa.py_buffer(data)[8:])
+                return pa.Table.from_batches([reader.read_next_batch()])
+            check_row_file(view, where=where, one_row=False)
+        except ModelRowsError as exc:
+            raise CatalogError(
+                f"{where}: the index entry cannot be read ({exc}); rebuild the index with "
+                "catalog.reindex() (or `modelrows reindex`)"
+            ) from exc
+        return pa.ipc.open_file(pa.BufferReader(data)).read_all()
+
     def _checked_bytes(self, key: str) -> bytes:
         """The bytes of one index file, checked against the hash in its name."""
         path = self.store.local_path(key)
@@ -293,7 +359,7 @@ class Index:
         return data
 
     def _conform(self, table: pa.Table, key: str, names: list[str] | None = None) -> pa.Table:
-        if key.endswith(".del.parquet"):
+        if is_delete(key):
             if table.schema.names != ["row_id"] or not pa.types.is_string(table.schema[0].type):
                 raise CatalogError(
                     f"{self.store.url}/{key}: a delete entry holds one column row_id; this one "
@@ -357,7 +423,7 @@ class Index:
     def _snapshot(self, names: list[str] | None = None) -> Snapshot:
         manifest, log = self._manifest_and_log()
         try:
-            base = [self._parquet(k, names) for k in manifest.segments]
+            base = [self._read(k, names) for k in manifest.segments]
         except StaleRead as stale:
             self._check_still_newest(manifest, str(stale))
             raise
@@ -366,11 +432,11 @@ class Index:
             name = key[len(LOG) :]
             if name in manifest.covered:
                 continue
-            if name.endswith(".add.parquet"):
-                entry = self._parquet(key)
+            if is_add(name):
+                entry = self._read(key)
                 adds.append(entry if names is None else entry.select(names))
-            elif name.endswith(".del.parquet"):
-                deletes.update(self._parquet(key).column("row_id").to_pylist())
+            elif is_delete(name):
+                deletes.update(self._read(key).column("row_id").to_pylist())
         deleted = manifest.deleted | deletes
         schema = self.schema if names is None else pa.schema([self.schema.field(n) for n in names])
         table = pa.concat_tables(base) if base else pa.Table.from_batches([], schema=schema)
@@ -466,11 +532,11 @@ class Index:
             name = key[len(LOG) :]
             if name in manifest.covered:
                 continue
-            if name.endswith(".del.parquet"):
-                if row_id in self._parquet(key).column("row_id").to_pylist():
+            if is_delete(name):
+                if row_id in self._read(key).column("row_id").to_pylist():
                     return None
-            elif name.endswith(".add.parquet") and hit is None:
-                table = self._parquet(key)
+            elif is_add(name) and hit is None:
+                table = self._read(key)
                 rows = table.filter(pc.equal(table.column("row_id"), row_id))
                 if rows.num_rows:
                     hit = rows.slice(0, 1).to_pylist()[0]
@@ -522,19 +588,29 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
-        data = to_parquet(rows, log_entry=True)
-        key = f"{LOG}{first_id}.{_digest(data)}.add.parquet"
+        data, ext = self._entry(rows)
+        key = f"{LOG}{first_id}.{_digest(data)}.add.{ext}"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
 
     def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
         """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
-        table = pa.table({"row_id": pa.array(sorted(row_ids), pa.string())})
-        data = to_parquet(table, log_entry=True)
-        key = f"{LOG}{new_id()}.{_digest(data)}.del.parquet"
+        table = pa.Table.from_arrays(
+            [pa.array(sorted(row_ids), pa.string())], schema=pa.schema([ROW_ID])
+        )
+        data, ext = self._entry(table)
+        key = f"{LOG}{new_id()}.{_digest(data)}.del.{ext}"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already")  # pragma: no cover
         return key
+
+    def _entry(self, rows: pa.Table) -> tuple[bytes, str]:
+        """A log entry's bytes and extension: Arrow IPC, or Parquet in a catalog of format 2."""
+        if self.parquet_log:
+            sink = io.BytesIO()
+            pq.write_table(rows, sink, compression="none", use_dictionary=False)
+            return sink.getvalue(), "parquet"
+        return to_arrow(rows), "ipc"
 
     def create_empty(self) -> None:
         """Publish manifest 0 of a new catalog (a no-op if any manifest exists)."""
@@ -743,7 +819,7 @@ class Index:
 
 
 def _is_entry(name: str) -> bool:
-    return name.endswith((".add.parquet", ".del.parquet")) and not name.startswith(".")
+    return name.endswith((*_ADD, *_DEL)) and not name.startswith(".")
 
 
 def _digest(data: bytes) -> str:
@@ -754,7 +830,7 @@ def _digest(data: bytes) -> str:
 
 
 def _hash_in_name(key: str) -> str | None:
-    """The hash in ``<id>.<hash>[.add|.del].parquet``, or None for a name without one."""
+    """The hash in ``<id>.<hash>[.add|.del].(ipc|parquet)``, or None for a name without one."""
     parts = key.rsplit("/", 1)[-1].split(".")
     if len(parts) >= 3 and len(parts[1]) == 16 and all(c in "0123456789abcdef" for c in parts[1]):
         return parts[1]
