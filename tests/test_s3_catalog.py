@@ -284,15 +284,16 @@ def test_row_files_at_s3_and_file_urls(server: S3TestServer, bucket: str, tmp_pa
     with pytest.raises(RowFileError, match=f"s3://{bucket}/single/none.arrow: no such object"):
         read_model_row(f"s3://{bucket}/single/none.arrow")
     with pytest.raises(StorageError) as caught:
-        read_model_row("gs://bucket/m.model.arrow")
+        read_model_row("hdfs://bucket/m.model.arrow")
     assert str(caught.value) == (
-        "'gs://bucket/m.model.arrow': unsupported URL scheme 'gs'; a row file is a local path, "
-        "a file:///absolute/path URL, or s3://bucket/key on S3 or an S3-compatible store"
+        "'hdfs://bucket/m.model.arrow': unsupported URL scheme 'hdfs'; a row file is a local "
+        "path, a file:///absolute/path URL, s3://bucket/key on S3 or an S3-compatible store, "
+        "gs://bucket/key on Google Cloud Storage or az://container/key on Azure Blob Storage"
     )
     with pytest.raises(StorageError, match="names a bucket, not an object"):
         write_model_row(f"s3://{bucket}", S3Row(weights=fetch_weights(model(3)), run="y"))
-    with pytest.raises(CatalogError, match="unsupported URL scheme 'gs'"):
-        Catalog.open("gs://bucket/ckpts")
+    with pytest.raises(CatalogError, match="unsupported URL scheme 'hdfs'"):
+        Catalog.open("hdfs://bucket/ckpts")
     assert list(Path.cwd().iterdir()) == []
 
 

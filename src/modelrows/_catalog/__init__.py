@@ -175,7 +175,8 @@ def _parse_description(raw: bytes, path: object) -> dict[str, Any]:
 
 
 def open_store(root: PathLike | str) -> Store:
-    """The store a catalog location names: a local path or ``file://`` URL, or ``s3://``."""
+    """The store a catalog location names: a local path or ``file://`` URL, ``s3://``, or
+    ``gs://`` / ``az://`` (Google Cloud Storage, Azure Blob Storage, through obstore)."""
     text = str(root)
     scheme, sep, _ = text.partition("://")
     if not sep:
@@ -190,9 +191,13 @@ def open_store(root: PathLike | str) -> Store:
                 f"{text}: S3 catalogs need the s3 extra: pip install 'modelrows[s3]' ({exc})"
             ) from exc
         return S3Store.from_url(text)  # type: ignore[no-any-return,unused-ignore]
+    if scheme.lower() in ("gs", "az", "azure", "adl", "abfs", "abfss"):
+        from ._objstore import ObjStore
+
+        return ObjStore.from_url(text)
     raise CatalogError(
-        f"{text}: unsupported URL scheme {scheme!r}; a catalog is a local path, a file:// URL "
-        "or an s3://bucket/prefix URL"
+        f"{text}: unsupported URL scheme {scheme!r}; a catalog is a local path, a file:// URL, "
+        "an s3://bucket/prefix, gs://bucket/prefix or az://container/prefix URL"
     )
 
 
