@@ -359,7 +359,7 @@ class Catalog:
             segments.append(segment)
         return segments
 
-    def _write_row(self, row: Row, segments: list[str], *, fsync: bool) -> pa.Table:
+    def _write_row(self, row: Row, segments: list[str], *, fsync: bool) -> pa.RecordBatch:
         """Write one row file (not yet visible to queries); return its index row."""
         row_id = new_id()
         written_at = dt.datetime.now(dt.timezone.utc)
@@ -386,7 +386,7 @@ class Catalog:
             raise CatalogError(f"{self.url}/{key} exists already; row ids must be unique")
         return self._index_row(row, batches[-1], key, size[0])
 
-    def _index_row(self, row: Row, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
+    def _index_row(self, row: Row, batch: pa.RecordBatch, key: str, size: int) -> pa.RecordBatch:
         """The index row of ``row``, written as ``batch`` to the file ``key`` of ``size`` bytes:
         the batch's columns but the weights, then the file, its size, the weights' checksums."""
         arrays = [batch.column(f.name) for f in self.arrow_schema if f.name not in self._weights]
@@ -395,7 +395,7 @@ class Catalog:
             for value in (getattr(row, n) for n in self.arrow_schema.names if n in self._weights)
         ]
         arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
-        return pa.Table.from_arrays(arrays, schema=self._index.schema)
+        return pa.RecordBatch.from_arrays(arrays, schema=self._index.schema)
 
     def append(self, row: Row, *, fsync: bool = True) -> str:
         """Write ``row`` as one immutable file in its partition and publish it in the index;
@@ -416,12 +416,12 @@ class Catalog:
         if not batch:
             return []
         self._ensure_index()
-        written: list[pa.Table] = []
+        written: list[pa.RecordBatch] = []
         try:
             for row, segs in zip(batch, segments, strict=True):
                 written.append(self._write_row(row, segs, fsync=fsync))
-            entries = pa.concat_tables(written) if len(written) > 1 else written[0]
-            self._index.publish_add(entries.column("row_id")[0].as_py(), entries, fsync=fsync)
+            first = written[0].column("row_id")[0].as_py()
+            self._index.publish_add(first, pa.Table.from_batches(written), fsync=fsync)
         except BaseException as exc:
             outcome = self._publish_outcome(exc, written, len(batch))
             if outcome == "published":
@@ -453,13 +453,13 @@ class Catalog:
             ) from exc.__cause__
         return self._appended(written, fsync=fsync)
 
-    def _appended(self, written: list[pa.Table], *, fsync: bool) -> list[str]:
+    def _appended(self, written: list[pa.RecordBatch], *, fsync: bool) -> list[str]:
         """The ids of rows just published; now and then, some housekeeping."""
         self._maybe_compact(fsync=fsync)
         return [str(t.column("row_id")[0].as_py()) for t in written]
 
     def _publish_outcome(
-        self, exc: BaseException, written: list[pa.Table], n: int
+        self, exc: BaseException, written: list[pa.RecordBatch], n: int
     ) -> Literal["failed", "published", "absent", "unknown"]:
         """What a failed append left: ``"failed"``, nothing published (its row files may be
         taken back). On object storage, a request that failed while publishing the index entry

@@ -149,7 +149,8 @@ def to_parquet(table: pa.Table) -> bytes:
 
 def to_arrow(table: pa.Table) -> bytes:
     """Arrow IPC file bytes of a log entry's rows (at least one): one record batch, uncompressed."""
-    (batch,) = table.combine_chunks().to_batches()
+    batches = table.to_batches()
+    (batch,) = batches if len(batches) == 1 else table.combine_chunks().to_batches()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_batch(batch)
