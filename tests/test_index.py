@@ -613,3 +613,35 @@ def test_a_long_lived_reader_keeps_only_the_current_index_in_memory(root: Path) 
     manifest = reader._index.latest()
     assert manifest is not None
     assert set(reader._index._cache) <= {*manifest.segments, *reader._index.log_entries()}
+
+
+def test_small_compactions_merge_the_newest_segments_never_the_whole_index(root: Path) -> None:
+    catalog = Catalog.open(root)
+    big = catalog.append_many([row(e) for e in range(600)], fsync=False)
+    catalog.compact(full=True)
+    [base] = catalog.index_files()  # more than 4x the rows appended below: never merged
+    ids, deleted = list(big), []
+    sizes = []
+    for step in range(40):  # a few rows, a compaction: what a training run's appends do
+        ids += fill(catalog, range(1000 + 3 * step, 1003 + 3 * step))
+        if step % 7 == 3:  # a row of a small segment, and one of the big one
+            victims = [ids[-5], big[step]]
+            catalog.delete(victims)
+            deleted += victims
+        catalog.compact(full=False)
+        manifest = catalog._index.latest()
+        assert manifest is not None and len(manifest.segments) <= _index.MAX_SEGMENTS
+        assert manifest.segments[0] == base  # the big segment is never rewritten by these
+        sizes.append(len(manifest.segments))
+        fresh = Catalog.open(root)
+        assert live_ids(fresh) == sorted(set(ids) - set(deleted))
+        assert len(fresh) == len(ids) - len(deleted)
+    assert max(sizes) == _index.MAX_SEGMENTS  # merges happened
+    # the deletes of rows in the big segment stay recorded (it was never rewritten); those of
+    # rows whose segment was merged are not (the rows were left out)
+    manifest = catalog._index.latest()
+    assert manifest is not None
+    assert {d for d in deleted if d in big} <= manifest.deleted < set(deleted)
+    catalog.compact(full=True)  # a full compaction folds everything into one segment
+    assert len(catalog.index_files()) == 1 and catalog._index.latest().deleted == frozenset()
+    assert live_ids(Catalog.open(root)) == sorted(set(ids) - set(deleted))

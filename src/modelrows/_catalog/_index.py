@@ -69,7 +69,8 @@ COMPACT_AT = 128
 CHECK_EVERY = 16
 """An append looks at the log size with probability 1/CHECK_EVERY (listing it costs a little)."""
 MAX_SEGMENTS = 8
-"""More segments than this are merged into one (and deleted rows purged) by a compaction."""
+"""More segments than this make a compaction merge the newest few (tiered by size, deleted rows
+left out); see :func:`_merge_from`."""
 _ROW_GROUP = 16384
 _UNIQUE_COLUMNS = frozenset({"row_id", "written_at", "_path", "_checksum"})
 _ADD = (".add.ipc", ".add.parquet")
@@ -673,9 +674,7 @@ class Index:
         present = {k[len(LOG) :] for k in snap.log}
         uncovered = present - old.covered
         deleted = set(old.deleted) | set(snap.new_deletes)
-        merge = (
-            full or len(old.segments) >= MAX_SEGMENTS or len(deleted) > max(1000, old.rows // 10)
-        )
+        merge = full or len(deleted) > max(1000, old.rows // 10)
         if not uncovered and not (merge and (deleted or len(old.segments) > 1)):
             return None
         if merge:
@@ -686,18 +685,33 @@ class Index:
                 segments = (key,)
             kept: frozenset[str] = frozenset()
         else:
-            segments = old.segments
             new_rows = snap.new_rows
             if new_rows is not None and snap.new_deletes:
                 mask = pc.is_in(new_rows.column("row_id"), value_set=pa.array(sorted(deleted)))
                 new_rows = new_rows.filter(pc.invert(mask))
+            # the segments, oldest first, with the new rows as the newest; more than
+            # MAX_SEGMENTS: the newest few are merged (tiered), never the whole index at once
+            parts = [(k, self._read(k)) for k in old.segments]
             if new_rows is not None and new_rows.num_rows:
-                key = self._write_segment(new_rows, fsync=fsync, written=written)
-                segments = (*segments, key)
-            # a delete of a row that is still in its add entry needs no record: that row is
-            # simply left out of the new segment
-            in_segments = deleted - _ids(snap.new_rows)
-            kept = frozenset(in_segments)
+                parts.append(("", new_rows))
+            first = _merge_from([t.num_rows for _, t in parts], MAX_SEGMENTS)
+            keys = [k for k, _ in parts[:first]]
+            merged: set[str] = set()
+            tail = [t for _, t in parts[first:]]
+            if len(tail) > 1 or (tail and not parts[-1][0]):  # new rows, or segments to merge
+                rows = pa.concat_tables(tail)
+                merged = _ids(rows)
+                if deleted:
+                    gone = pc.is_in(rows.column("row_id"), value_set=pa.array(sorted(deleted)))
+                    rows = rows.filter(pc.invert(gone))
+                if rows.num_rows:
+                    keys.append(self._write_segment(rows, fsync=fsync, written=written))
+            else:
+                keys += [k for k, _ in parts[first:]]
+            segments = tuple(keys)
+            # deletes still to record: of rows in segments kept as they were (a deleted row of a
+            # merged segment, or of an add entry, is simply left out of the new segment)
+            kept = frozenset(deleted - merged - _ids(snap.new_rows))
         manifest = Manifest(
             old.sequence + 1, segments, kept, frozenset(present), snap.table.num_rows
         )
@@ -830,6 +844,21 @@ class Index:
             )
         )
         return pa.concat_tables([rows.take(pa.array(keep, pa.int64())), appended])
+
+
+def _merge_from(sizes: Sequence[int], most: int) -> int:
+    """Where the segments to merge start, given the rows of each (oldest first, the last one
+    the segment being written): with no more than ``most`` segments, only the last (nothing to
+    merge); otherwise the newest ones, joined by each older one holding at most four times as
+    many rows as they do together, so that a merge rewrites rows of a similar number, and a
+    row is rewritten O(log n) times over n appends, never the whole index at every merge."""
+    if len(sizes) <= most:
+        return len(sizes) - 1
+    first, total = len(sizes) - 2, sizes[-1] + sizes[-2]
+    while first > 0 and sizes[first - 1] <= 4 * total:
+        first -= 1
+        total += sizes[first]
+    return first
 
 
 def _is_entry(name: str) -> bool:
