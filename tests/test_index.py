@@ -9,6 +9,7 @@ instant under test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -645,3 +646,66 @@ def test_small_compactions_merge_the_newest_segments_never_the_whole_index(root:
     catalog.compact(full=True)  # a full compaction folds everything into one segment
     assert len(catalog.index_files()) == 1 and catalog._index.latest().deleted == frozenset()
     assert live_ids(Catalog.open(root)) == sorted(set(ids) - set(deleted))
+
+
+def test_a_lookup_checks_the_bytes_it_reads_and_a_full_read_the_whole_segment(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "_ROW_GROUP", 8)  # a segment of several row groups
+    catalog = Catalog.open(root)
+    ids = catalog.append_many([row(e) for e in range(40)], fsync=False)
+    catalog.compact()
+    [key] = catalog.index_files()
+    check = catalog._index.latest().checks[key]  # type: ignore[union-attr]
+    assert len(check.groups) == 5 and check.size == (root / key).stat().st_size
+    # bit rot in row group 3 (rows 24..31, sorted by id): a get of a row there says so; a get
+    # elsewhere reads (and checks) other bytes only; a query reading the whole segment refuses
+    start, end, _ = check.groups[3]
+    data = bytearray((root / key).read_bytes())
+    data[(start + end) // 2] ^= 0x01
+    (root / key).write_bytes(bytes(data))
+    fresh = Catalog.open(root)
+    with pytest.raises(CatalogError) as info:
+        fresh.get(sorted(ids)[26])
+    assert str(info.value) == (
+        f"{root / key}: the index file is damaged (row group 3 does not match the hash its "
+        "manifest records); rebuild the index with catalog.reindex() (or `modelrows reindex`)"
+    )
+    assert fresh.get(sorted(ids)[2]).epoch == sorted(range(40), key=lambda e: ids[e])[2]  # type: ignore[attr-defined]
+    with pytest.raises(CatalogError, match="do not match the hash in its name"):
+        len(fresh)
+    # a damaged footer: every lookup refuses
+    data[-20] ^= 0x01
+    (root / key).write_bytes(bytes(data))
+    with pytest.raises(CatalogError, match=r"damaged \(its footer does not match"):
+        Catalog.open(root).get(ids[0])
+    assert Catalog.open(root).reindex() == 40
+    assert [Catalog.open(root).get(i).epoch for i in ids] == list(range(40))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "checks",
+    [[], {"x": 1}, {"S": {"size": -1, "footer": [4, "0" * 16], "row_groups": []}},
+     {"S": {"size": 9, "footer": [4, "short"], "row_groups": []}},
+     {"S": {"size": 9, "footer": [4, "0" * 16], "row_groups": [[1, 2]]}}],
+)  # fmt: skip
+def test_a_manifest_with_malformed_checks_is_refused_by_name(root: Path, checks: object) -> None:
+    catalog = Catalog.open(root)
+    fill(catalog, range(3))
+    catalog.compact()
+    manifest = catalog._index.latest()
+    assert manifest is not None
+    path = root / manifest.key
+    data = json.loads(path.read_text())
+    segment = data["segments"][0]
+    if isinstance(checks, dict):
+        checks = {(segment if k == "S" else k): v for k, v in checks.items()}
+    data["checks"] = checks
+    path.write_text(json.dumps(data))
+    if checks == {"x": 1}:  # a check of no segment of the manifest: ignored
+        assert len(Catalog.open(root)) == 3
+        return
+    with pytest.raises(CatalogError) as info:
+        len(Catalog.open(root))
+    assert f"{path} is not a valid index manifest" in str(info.value)
+    assert "catalog.reindex()" in str(info.value)

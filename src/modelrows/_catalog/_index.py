@@ -34,9 +34,10 @@ import functools
 import io
 import json
 import secrets
+import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,9 @@ class Manifest:
     deleted: frozenset[str] = frozenset()
     covered: frozenset[str] = frozenset()
     rows: int = 0
+    checks: Mapping[str, SegmentCheck] = field(default_factory=dict, compare=False, hash=False)
+    """Per segment (of those written since checks exist), what lets a lookup check only the bytes
+    it reads: the footer's hash and each row group's (see :class:`SegmentCheck`)."""
 
     @property
     def key(self) -> str:
@@ -208,6 +212,9 @@ class Manifest:
                     "segments": list(self.segments),
                     "deleted": sorted(self.deleted),
                     "covered": sorted(self.covered),
+                    "checks": {
+                        k: self.checks[k].to_json() for k in self.segments if k in self.checks
+                    },
                 },
                 indent=0,
             ).encode()
@@ -239,6 +246,14 @@ class Manifest:
                 raise ValueError("'sequence' or 'rows' is not a whole number")
             if any(not s.startswith(SEGMENTS) for s in lists["segments"]):
                 raise ValueError("a segment lies outside _index/segments/")
+            raw_checks = data.get("checks", {})  # absent in manifests written before checks
+            if not isinstance(raw_checks, dict):
+                raise ValueError("'checks' is not an object")
+            checks = {
+                k: SegmentCheck.from_json(v)
+                for k, v in raw_checks.items()
+                if k in lists["segments"]
+            }
         except CatalogError:
             raise
         except (ValueError, RecursionError) as exc:
@@ -252,7 +267,77 @@ class Manifest:
             frozenset(lists["deleted"]),
             frozenset(lists["covered"]),
             rows,
+            checks,
         )
+
+
+@dataclass(frozen=True)
+class SegmentCheck:
+    """What lets a reader check the parts of a segment it reads instead of the whole file: its
+    size, where its footer starts (the Parquet footer, its length and ``PAR1``) and the footer's
+    xxh3-64, and for each row group the byte range of its column chunks and their xxh3-64."""
+
+    size: int
+    footer: tuple[int, str]
+    groups: tuple[tuple[int, int, str], ...]
+
+    @classmethod
+    def of(cls, data: bytes) -> SegmentCheck:
+        """The check of a segment's bytes."""
+        footer_start = len(data) - 8 - struct.unpack_from("<i", data, len(data) - 8)[0]
+        metadata = pq.ParquetFile(pa.BufferReader(data)).metadata
+        view = memoryview(data)
+        groups = []
+        for start, end in _group_ranges(metadata):
+            groups.append((start, end, _digest(view[start:end])))
+        return cls(len(data), (footer_start, _digest(view[footer_start:])), tuple(groups))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "footer": list(self.footer), "row_groups": self.groups}
+
+    @classmethod
+    def from_json(cls, value: object) -> SegmentCheck:
+        def whole(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+        def digest(x: object) -> bool:
+            return isinstance(x, str) and len(x) == 16
+
+        if not isinstance(value, dict):
+            raise ValueError("a segment's check is not an object")
+        size, footer, groups = value.get("size"), value.get("footer"), value.get("row_groups")
+        if not (
+            whole(size)
+            and isinstance(footer, list)
+            and len(footer) == 2
+            and whole(footer[0])
+            and digest(footer[1])
+            and isinstance(groups, list)
+            and all(
+                isinstance(g, list) and len(g) == 3 and whole(g[0]) and whole(g[1]) and digest(g[2])
+                for g in groups
+            )
+        ):
+            raise ValueError("a segment's check is malformed")
+        assert isinstance(size, int) and isinstance(footer, list) and isinstance(groups, list)
+        return cls(size, (footer[0], footer[1]), tuple((g[0], g[1], g[2]) for g in groups))
+
+
+def _group_ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]]:
+    """The byte range ``[start, end)`` of each row group's column chunks."""
+    out = []
+    for i in range(metadata.num_row_groups):
+        group = metadata.row_group(i)
+        starts, ends = [], []
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            start = chunk.data_page_offset
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+                start = min(start, chunk.dictionary_page_offset)
+            starts.append(start)
+            ends.append(start + chunk.total_compressed_size)
+        out.append((min(starts), max(ends)) if starts else (0, 0))
+    return out
 
 
 def manifest_key(sequence: int) -> str:
@@ -341,7 +426,7 @@ class Index:
         and its schema are walked as a row file's are (``check_row_file``), and the file read."""
         data = self._checked_bytes(key)
         where = f"{self.store.url}/{key}"
-        view = memoryview(data)
+        view = memoryview(data).cast("B")  # a pyarrow buffer's bytes are signed ("b")
         expected = _schema_message(pa.schema([ROW_ID]) if is_delete(key) else self.schema)
         try:
             if view[:8] == _MAGIC and view[8 : 8 + len(expected)] == expected:
@@ -355,6 +440,50 @@ class Index:
                 "catalog.reindex() (or `modelrows reindex`)"
             ) from exc
         return pa.ipc.open_file(pa.BufferReader(data)).read_all()
+
+    def _open_checked(
+        self, key: str, check: SegmentCheck
+    ) -> tuple[pq.ParquetFile, Callable[[int], None]]:
+        """Segment ``key`` opened with only its footer fetched and checked against ``check``, and
+        what fetches (from a remote store) and checks one row group before it is read."""
+        path = self.store.local_path(key)
+        raw: bytearray | None = None
+        if path is not None:  # mapped: only the pages read are touched
+            with pa.memory_map(str(path)) as mapped:
+                buffer = mapped.read_buffer()
+            view = memoryview(buffer).cast("B")
+        else:  # the object's size, zeros but where ranges are fetched
+            raw = bytearray(check.size)
+            buffer, view = pa.py_buffer(raw), memoryview(raw)
+
+        def damaged(what: str) -> CatalogError:
+            return CatalogError(
+                f"{self.store.url}/{key}: the index file is damaged ({what} does not match the "
+                "hash its manifest records); rebuild the index with catalog.reindex() (or "
+                "`modelrows reindex`)"
+            )
+
+        def fetched(start: int, end: int, digest: str, what: str) -> None:
+            if raw is not None:
+                [part] = self.store.get_ranges(key, [(start, end)])
+                if len(part) != end - start:
+                    raise damaged(what)
+                view[start:end] = part
+            if _digest(view[start:end]) != digest:
+                raise damaged(what)
+
+        start, digest = check.footer
+        if len(view) != check.size or not 12 <= start < check.size:
+            raise damaged("its size")
+        fetched(start, check.size, digest, "its footer")
+        pf = pq.ParquetFile(pa.BufferReader(buffer))
+        if [g[:2] for g in check.groups] != [tuple(r) for r in _group_ranges(pf.metadata)]:
+            raise damaged("its row groups' layout")
+
+        def group(i: int) -> None:
+            fetched(*check.groups[i], f"row group {i}")
+
+        return pf, group
 
     def _checked_bytes(self, key: str) -> pa.Buffer:
         """The bytes of one index file, checked against the hash in its name."""
@@ -559,7 +688,7 @@ class Index:
             return hit
         for key in manifest.segments:
             try:
-                rows = self._segment_rows(key, row_id, columns)
+                rows = self._segment_rows(key, row_id, columns, manifest.checks.get(key))
             except StaleRead:
                 self._check_still_newest(manifest, key)
                 raise
@@ -568,20 +697,35 @@ class Index:
                 return first
         return None
 
-    def _segment_rows(self, key: str, row_id: str, columns: Sequence[str] | None) -> pa.Table:
+    def _segment_rows(
+        self,
+        key: str,
+        row_id: str,
+        columns: Sequence[str] | None,
+        check: SegmentCheck | None = None,
+    ) -> pa.Table:
+        """The rows of segment ``key`` with this id: only the row groups whose statistics can
+        hold it are read, and, when the manifest has the segment's ``check``, only their bytes
+        and the footer's are fetched and checked (not the whole file)."""
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached.filter(pc.equal(cached.column("row_id"), row_id))
         names = None if columns is None else list(dict.fromkeys(["row_id", *columns]))
         try:
-            pf = self._open_parquet(key)
+            if check is None:
+                pf, fetch = self._open_parquet(key), None
+            else:
+                pf, fetch = self._open_checked(key, check)
             column = pf.schema_arrow.get_field_index("row_id")
             groups = []
             for i in range(pf.metadata.num_row_groups):  # segments are sorted by row_id
                 stats = pf.metadata.row_group(i).column(column).statistics
                 if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
                     groups.append(i)
+            if fetch is not None:
+                for i in groups:
+                    fetch(i)
             table = (
                 pf.read_row_groups(groups, columns=names)
                 if groups
@@ -677,11 +821,12 @@ class Index:
         merge = full or len(deleted) > max(1000, old.rows // 10)
         if not uncovered and not (merge and (deleted or len(old.segments) > 1)):
             return None
+        checks = dict(old.checks)  # of the segments kept; the new one's is added when written
         if merge:
             live = snap.table
             segments: tuple[str, ...] = ()
             if live.num_rows:
-                key = self._write_segment(live, fsync=fsync, written=written)
+                key = self._write_segment(live, fsync=fsync, written=written, checks=checks)
                 segments = (key,)
             kept: frozenset[str] = frozenset()
         else:
@@ -705,7 +850,9 @@ class Index:
                     gone = pc.is_in(rows.column("row_id"), value_set=pa.array(sorted(deleted)))
                     rows = rows.filter(pc.invert(gone))
                 if rows.num_rows:
-                    keys.append(self._write_segment(rows, fsync=fsync, written=written))
+                    keys.append(
+                        self._write_segment(rows, fsync=fsync, written=written, checks=checks)
+                    )
             else:
                 keys += [k for k, _ in parts[first:]]
             segments = tuple(keys)
@@ -713,7 +860,7 @@ class Index:
             # merged segment, or of an add entry, is simply left out of the new segment)
             kept = frozenset(deleted - merged - _ids(snap.new_rows))
         manifest = Manifest(
-            old.sequence + 1, segments, kept, frozenset(present), snap.table.num_rows
+            old.sequence + 1, segments, kept, frozenset(present), snap.table.num_rows, checks
         )
         # the files of deleted rows go before the record of their deletion can: a row file
         # that outlived every record of its deletion would come back on a rebuild
@@ -727,9 +874,12 @@ class Index:
         self._after_publish(manifest, old)
         return manifest
 
-    def _write_segment(self, rows: pa.Table, *, fsync: bool, written: list[str]) -> str:
+    def _write_segment(
+        self, rows: pa.Table, *, fsync: bool, written: list[str], checks: dict[str, SegmentCheck]
+    ) -> str:
         data = to_parquet(rows.sort_by("row_id"))
         key = f"{SEGMENTS}{new_id()}.{_digest(data)}.parquet"
+        checks[key] = SegmentCheck.of(data)
         written.append(key)  # before it exists: a failure after its link takes it back too
         self.store.put_if_absent(key, data, fsync=fsync)
         return key
@@ -786,6 +936,7 @@ class Index:
         compaction, which removes the log entries it folds) is merged in: its rows whose files
         were not listed (appended meanwhile), less the rows it deleted."""
         written: list[str] = []
+        checks: dict[str, SegmentCheck] = {}
         segments: tuple[str, ...] | None = None
         known = set(listed) if listed is not None else None
         try:
@@ -800,10 +951,12 @@ class Index:
                     written.clear()
                     segments = ()
                     if rows.num_rows:
-                        segments = (self._write_segment(rows, fsync=fsync, written=written),)
+                        segments = (
+                            self._write_segment(rows, fsync=fsync, written=written, checks=checks),
+                        )
                 sequence = newest + 1 if newest is not None else 0
                 manifest = Manifest(
-                    sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows
+                    sequence, segments, frozenset(), frozenset(log_seen), rows.num_rows, checks
                 )
                 if self.store.put_if_absent(manifest.key, manifest.to_bytes(), fsync=fsync):
                     with contextlib.suppress(ModelRowsError, OSError):
