@@ -63,6 +63,7 @@ from ._transfer import (
     check_ranges,
     parallel_read,
     run_upload,
+    url_prefix,
 )
 
 __all__ = ["OBJSTORE_OPTIONS", "OBJSTORE_SCHEMES", "ObjStore", "is_objstore_url"]
@@ -175,15 +176,7 @@ def _parse(url: str) -> tuple[str, str, str]:
             path=shown,
             step="parse url",
         )
-    prefix = parts.path.strip("/")
-    if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
-        raise StorageError(
-            f"{shown!r} has an empty, '.' or '..' segment in its prefix; write the prefix as a "
-            f"plain path such as {scheme}://bucket/team/ckpts",
-            path=shown,
-            step="parse url",
-        )
-    return scheme, parts.netloc, prefix
+    return scheme, parts.netloc, url_prefix(shown, scheme, parts.path)
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:

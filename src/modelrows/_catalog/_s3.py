@@ -46,6 +46,7 @@ from ._transfer import (
     check_ranges,
     parallel_read,
     run_upload,
+    url_prefix,
 )
 
 __all__ = ["S3_OPTIONS", "S3Store", "is_s3_url", "parse_s3_url"]
@@ -126,15 +127,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
             path=shown,
             step="parse url",
         )
-    prefix = parts.path.strip("/")
-    if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
-        raise StorageError(
-            f"{shown!r} has an empty, '.' or '..' segment in its prefix; write the prefix "
-            "as a plain path such as s3://bucket/team/ckpts",
-            path=shown,
-            step="parse url",
-        )
-    return bucket, prefix
+    return bucket, url_prefix(shown, "s3", parts.path)
 
 
 _LOGGED_BY_BOTOCORE = (

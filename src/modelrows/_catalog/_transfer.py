@@ -62,6 +62,20 @@ def check_key(url: str, key: str) -> str:
     return key
 
 
+def url_prefix(shown: str, scheme: str, path: str) -> str:
+    """The prefix of a store URL from its path (``shown`` is the URL as it may be shown): end
+    slashes stripped, and checked to have no empty, ``.`` or ``..`` segment (StorageError)."""
+    prefix = path.strip("/")
+    if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
+        raise StorageError(
+            f"{shown!r} has an empty, '.' or '..' segment in its prefix; write the prefix as a "
+            f"plain path such as {scheme}://bucket/team/ckpts",
+            path=shown,
+            step="parse url",
+        )
+    return prefix
+
+
 def check_ranges(where: str, ranges: Sequence[tuple[int, int]]) -> None:
     """StorageError unless each range ``(start, end)`` has ``0 <= start <= end``."""
     for start, end in ranges:
