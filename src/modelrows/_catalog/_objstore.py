@@ -44,18 +44,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import os
 import queue
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, cast
 from urllib.parse import urlsplit
 
 from .._errors import StorageError
+from ._transfer import (
+    KeyExists,
+    Upload,
+    blank,
+    check_key,
+    check_options,
+    check_ranges,
+    parallel_read,
+    run_upload,
+    url_prefix,
+)
 
 __all__ = ["OBJSTORE_OPTIONS", "OBJSTORE_SCHEMES", "ObjStore", "is_objstore_url"]
 
@@ -167,15 +176,7 @@ def _parse(url: str) -> tuple[str, str, str]:
             path=shown,
             step="parse url",
         )
-    prefix = parts.path.strip("/")
-    if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
-        raise StorageError(
-            f"{shown!r} has an empty, '.' or '..' segment in its prefix; write the prefix as a "
-            f"plain path such as {scheme}://bucket/team/ckpts",
-            path=shown,
-            step="parse url",
-        )
-    return scheme, parts.netloc, prefix
+    return scheme, parts.netloc, url_prefix(shown, scheme, parts.path)
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -183,10 +184,7 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     URL queries (where SAS tokens ride) and known secrets blanked out."""
     text = text.split("\n\nDebug source", 1)[0].strip()
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    text = _URL_QUERY.sub(r"\1?***", text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text[:600]
+    return blank(_URL_QUERY.sub(r"\1?***", text), secrets)[:600]
 
 
 def _seconds(value: float) -> dt.timedelta:
@@ -216,19 +214,14 @@ class ObjStore:
         messages). ``secrets`` are values to blank out of any message."""
         self.url = url.rstrip("/")
         self.store = store
-        if part_size < _MIN_PART:
-            raise StorageError(
-                f"part_size={part_size} for {self.url} is below the smallest part of a "
-                f"multipart upload ({_MIN_PART} bytes)",
-                path=self.url,
-                step="configure",
-            )
-        if max_concurrency < 1 or read_chunk_size < 1:
-            raise StorageError(
-                f"max_concurrency and read_chunk_size for {self.url} must be positive",
-                path=self.url,
-                step="configure",
-            )
+        check_options(
+            self.url,
+            max_concurrency=max_concurrency,
+            part_size=part_size,
+            read_chunk_size=read_chunk_size,
+            part_ok=part_size >= _MIN_PART,
+            part_rule=f"is below the smallest part of a multipart upload ({_MIN_PART} bytes)",
+        )
         self.max_concurrency = max_concurrency
         self.part_size = part_size
         self.read_chunk_size = read_chunk_size
@@ -325,14 +318,7 @@ class ObjStore:
 
     def _key(self, key: str) -> str:
         """A store key, checked."""
-        if not key or key.startswith("/") or any(s in ("", ".", "..") for s in key.split("/")):
-            raise StorageError(
-                f"invalid key {key!r} under {self.url}: keys are '/'-separated relative paths "
-                "without empty, '.' or '..' segments",
-                path=self.url,
-                step="key",
-            )
-        return key
+        return check_key(self.url, key)
 
     def _where(self, key: str | None) -> str:
         return f"{self.url}/{key}" if key else self.url
@@ -420,28 +406,13 @@ class ObjStore:
         writes (a row's fresh unique id), which is what the catalog streams.
         """
         self._key(key)
-        upload = _Upload(self, key, replace=False)
-        try:
-            write(cast(IO[bytes], upload))
-            return upload.finish()
-        except _Exists:
-            upload.abort()
-            return False
-        except BaseException:
-            upload.abort()
-            raise
+        return run_upload(_Upload(self, key, replace=False), write)
 
     def put_stream(self, key: str, write: Callable[[IO[bytes]], None]) -> None:
         """Create or replace ``key`` with what ``write`` writes, atomically: readers see the old
         object or the whole new one, never a part."""
         self._key(key)
-        upload = _Upload(self, key, replace=True)
-        try:
-            write(cast(IO[bytes], upload))
-            upload.finish()
-        except BaseException:
-            upload.abort()
-            raise
+        run_upload(_Upload(self, key, replace=True), write)
 
     def get(self, key: str) -> bytes:
         """The whole object (one request); FileNotFoundError if absent."""
@@ -479,15 +450,12 @@ class ObjStore:
             # no byte range of an empty object exists: ask for the whole (empty) object
             first = self._call("read", key, lambda: obstore.get(self.store, name))
         meta = first.meta
-        total = int(meta["size"])
         etag = meta.get("e_tag")
-        head = int(first.range[1]) - int(first.range[0])
-        buffer = bytearray(total)
-        view = memoryview(buffer)
 
-        def fetch(start: int) -> None:
-            end = min(start + chunk, total)
-            got = first if start == 0 else self._get_range(name, start, end, etag)
+        def fill(start: int, into: memoryview, got: Any = None) -> None:
+            end = start + len(into)
+            if got is None:
+                got = self._get_range(name, start, end, etag)
             data = self._call("read", key, got.bytes)
             if len(data) != end - start:
                 raise StorageError(
@@ -496,16 +464,16 @@ class ObjStore:
                     path=self._where(key),
                     step="read",
                 )
-            view[start:end] = data
+            into[:] = data
 
-        starts = [0, *range(head, total, chunk)] if total else []
-        if len(starts) <= 1:
-            if starts:
-                fetch(0)
-            return buffer
-        with ThreadPoolExecutor(min(self.max_concurrency, len(starts))) as pool:
-            list(pool.map(fetch, starts))
-        return buffer
+        return parallel_read(
+            int(meta["size"]),
+            int(first.range[1]) - int(first.range[0]),
+            lambda into: fill(0, into, first),
+            fill,
+            chunk=chunk,
+            max_concurrency=self.max_concurrency,
+        )
 
     def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """Byte ranges ``[start, end)`` of ``key``, fetched by obstore (close ranges coalesced,
@@ -513,13 +481,7 @@ class ObjStore:
         import obstore
 
         name = self._key(key)
-        for start, end in ranges:
-            if not 0 <= start <= end:
-                raise StorageError(
-                    f"invalid byte range ({start}, {end}) for {self._where(key)}",
-                    path=self._where(key),
-                    step="read",
-                )
+        check_ranges(self._where(key), ranges)
         wanted = [(s, e) for s, e in ranges if e > s]
         if not wanted:
             if self.size(key) is None:
@@ -603,50 +565,30 @@ class _Aborted(Exception):
     """Raised inside obstore's multipart upload to make it abort."""
 
 
-class _Upload(io.RawIOBase):
+class _Upload(Upload):
     """The file object a writer writes to: buffers up to ``part_size`` bytes (one conditional
     PUT at the end); beyond that, hands parts to a thread running obstore's multipart upload,
     which takes them from a queue (bounded: the writer waits while ``max_concurrency`` parts
     are pending)."""
 
     def __init__(self, store: ObjStore, key: str, *, replace: bool) -> None:
-        super().__init__()
+        super().__init__(store.part_size, replace=replace)
         self._store = store
         self._key = key
-        self._replace = replace
-        self._buffer = bytearray()
-        self._written = 0
         self._queue: queue.Queue[object] | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self._finished = False
 
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._written
-
-    def write(self, data: Any) -> int:
-        if self._finished:
-            raise ValueError("write to a finished upload")
-        view = memoryview(data).cast("B")
-        size = len(view)
-        self._buffer += view
-        self._written += size
-        part = self._store.part_size
-        while len(self._buffer) > part:  # keep the last bytes: they may be all there is
-            if self._thread is None:
-                self._start()
-            self._send(bytes(self._buffer[:part]))
-            del self._buffer[:part]
-        return size
+    def _send_part(self, number: int, body: bytes) -> None:
+        if self._thread is None:
+            self._start()
+        self._send(body)
 
     def _start(self) -> None:
         """Starts the multipart upload (after checking that the key is absent)."""
         store = self._store
         if not self._replace and store.size(self._key) is not None:
-            raise _Exists
+            raise KeyExists
         self._queue = queue.Queue(maxsize=store.max_concurrency)
         self._thread = threading.Thread(target=self._run, name="modelrows-upload", daemon=True)
         self._thread.start()
@@ -703,36 +645,30 @@ class _Upload(io.RawIOBase):
             raise self._store._error("upload", self._key, failure) from None
         raise failure
 
-    def finish(self) -> bool:
-        """Commits the object: one PUT (conditional unless replacing), or the multipart
-        upload's completion."""
-        self._finished = True
-        store = self._store
-        if self._thread is None:
-            body = bytes(self._buffer)
-            self._buffer = bytearray()
-            if self._replace:
-                import obstore
+    def _put(self, body: bytes) -> None:
+        import obstore
 
-                store._call(
-                    "write",
-                    self._key,
-                    lambda: obstore.put(store.store, self._key, body, use_multipart=False),
-                )
-                return True
-            return store._create(self._key, body)
-        if self._buffer:
-            self._send(bytes(self._buffer))
-            self._buffer = bytearray()
+        store = self._store
+        store._call(
+            "write",
+            self._key,
+            lambda: obstore.put(store.store, self._key, body, use_multipart=False),
+        )
+
+    def _create(self, body: bytes) -> bool:
+        return self._store._create(self._key, body)
+
+    def _complete(self) -> bool:
+        """The multipart upload's completion, once every part is queued."""
+        assert self._thread is not None
         self._send(_END)
         self._thread.join()
         if self._failure is not None:
             self._raise_failure()
         return True
 
-    def abort(self) -> None:
+    def _abort(self) -> None:
         """Makes obstore abort the multipart upload, if one is under way."""
-        self._finished = True
         thread, queue_ = self._thread, self._queue
         if thread is None or queue_ is None or not thread.is_alive():
             return
@@ -744,7 +680,3 @@ class _Upload(io.RawIOBase):
                 with contextlib.suppress(queue.Empty):  # make room: unsent parts are dropped
                     queue_.get_nowait()
         thread.join()
-
-
-class _Exists(Exception):
-    """The key of a multipart upload exists already (put_stream_if_absent answers False)."""

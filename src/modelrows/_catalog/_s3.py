@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import io
 import logging
 import os
 import re
@@ -35,10 +34,20 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from .._errors import StorageError
+from ._transfer import (
+    Upload,
+    blank,
+    check_key,
+    check_options,
+    check_ranges,
+    parallel_read,
+    run_upload,
+    url_prefix,
+)
 
 __all__ = ["S3_OPTIONS", "S3Store", "is_s3_url", "parse_s3_url"]
 
@@ -118,15 +127,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
             path=shown,
             step="parse url",
         )
-    prefix = parts.path.strip("/")
-    if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
-        raise StorageError(
-            f"{shown!r} has an empty, '.' or '..' segment in its prefix; write the prefix "
-            "as a plain path such as s3://bucket/team/ckpts",
-            path=shown,
-            step="parse url",
-        )
-    return bucket, prefix
+    return bucket, url_prefix(shown, "s3", parts.path)
 
 
 _LOGGED_BY_BOTOCORE = (
@@ -153,9 +154,7 @@ class _Redact(logging.Filter):
         if secrets:
             message = record.getMessage()
             if any(s in message for s in secrets):
-                for secret in secrets:
-                    message = message.replace(secret, "***")
-                record.msg, record.args = message, None
+                record.msg, record.args = blank(message, secrets), None
         return True
 
 
@@ -277,19 +276,14 @@ class S3Store:
     ) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        if not _MIN_PART <= part_size <= _MAX_PART:
-            raise StorageError(
-                f"part_size={part_size} for {self.url} is outside S3's part sizes "
-                f"({_MIN_PART} to {_MAX_PART} bytes)",
-                path=self.url,
-                step="configure",
-            )
-        if max_concurrency < 1 or read_chunk_size < 1:
-            raise StorageError(
-                f"max_concurrency and read_chunk_size for {self.url} must be positive",
-                path=self.url,
-                step="configure",
-            )
+        check_options(
+            self.url,
+            max_concurrency=max_concurrency,
+            part_size=part_size,
+            read_chunk_size=read_chunk_size,
+            part_ok=_MIN_PART <= part_size <= _MAX_PART,
+            part_rule=f"is outside S3's part sizes ({_MIN_PART} to {_MAX_PART} bytes)",
+        )
         self.max_concurrency = max_concurrency
         self.part_size = part_size
         self.read_chunk_size = read_chunk_size
@@ -394,13 +388,7 @@ class S3Store:
 
     def _key(self, key: str) -> str:
         """The object key of a store key: checked, under the prefix."""
-        if not key or key.startswith("/") or any(s in ("", ".", "..") for s in key.split("/")):
-            raise StorageError(
-                f"invalid key {key!r} under {self.url}: keys are '/'-separated relative paths "
-                "without empty, '.' or '..' segments",
-                path=self.url,
-                step="key",
-            )
+        check_key(self.url, key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _where(self, key: str | None) -> str:
@@ -416,9 +404,7 @@ class S3Store:
     ) -> StorageError:
         """A StorageError naming the URL and the step, with every known secret blanked out."""
         where = self._where(key)
-        message = f"could not {step} {where}: {_describe(exc)}{note}"
-        for secret in self._secrets():
-            message = message.replace(secret, "***")
+        message = blank(f"could not {step} {where}: {_describe(exc)}{note}", self._secrets())
         return StorageError(message, path=where, step=step)
 
     @contextlib.contextmanager
@@ -494,25 +480,13 @@ class S3Store:
         mid-upload leaves no visible object, only an upload that :meth:`cleanup_uploads`
         aborts. True if created, False if the key existed.
         """
-        upload = _Upload(self, key)
-        try:
-            write(cast(IO[bytes], upload))
-            return upload.finish()
-        except BaseException:
-            upload.abort()
-            raise
+        return run_upload(_Upload(self, key), write)
 
     def put_stream(self, key: str, write: Callable[[IO[bytes]], None]) -> None:
         """Create or replace ``key`` with what ``write`` writes, atomically: readers see the old
         object or the whole new one, never a part (a plain ``PutObject``, or a multipart upload
         completed unconditionally and aborted on any failure)."""
-        upload = _Upload(self, key, replace=True)
-        try:
-            write(cast(IO[bytes], upload))
-            upload.finish()
-        except BaseException:
-            upload.abort()
-            raise
+        run_upload(_Upload(self, key, replace=True), write)
 
     def get(self, key: str) -> bytes:
         """The whole object (one request); FileNotFoundError if absent."""
@@ -601,13 +575,7 @@ class S3Store:
         """The bytes [start, end) of each range, fetched in parallel; ranges within 1 MiB of
         each other share one request. A range past the end of the object is cut short there.
         """
-        for start, end in ranges:
-            if not 0 <= start <= end:
-                raise StorageError(
-                    f"invalid byte range ({start}, {end}) for {self._where(key)}",
-                    path=self._where(key),
-                    step="read",
-                )
+        check_ranges(self._where(key), ranges)
         spans: list[list[int]] = []  # merged [start, end) spans, sorted
         for start, end in sorted((s, e) for s, e in ranges if e > s):
             if spans and start <= spans[-1][1] + _COALESCE_GAP:
@@ -656,29 +624,19 @@ class S3Store:
             first = self._get_range(key, 0, chunk, None)
         total = int(str(first["ContentRange"]).rsplit("/", 1)[1])
         etag = str(first.get("ETag", ""))
-        buffer = bytearray(total)
-        view = memoryview(buffer)
-        head = int(first["ContentLength"])
-        starts = list(range(head, total, chunk))
 
-        def fetch(start: int) -> None:
-            end = min(start + chunk, total)
-            response = self._get_range(key, start, end, etag)
-            self._drain(key, response, view[start:end], start, etag)
+        def fill(start: int, into: memoryview) -> None:
+            response = self._get_range(key, start, start + len(into), etag)
+            self._drain(key, response, into, start, etag)
 
-        if not starts:
-            self._drain(key, first, view[:head], 0, etag)
-            return buffer
-        with ThreadPoolExecutor(min(self.max_concurrency, len(starts) + 1)) as pool:
-            futures = [pool.submit(fetch, start) for start in starts]
-            futures.append(pool.submit(self._drain, key, first, view[:head], 0, etag))
-            try:
-                for future in futures:
-                    future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
-        return buffer
+        return parallel_read(
+            total,
+            int(first["ContentLength"]),
+            lambda into: self._drain(key, first, into, 0, etag),
+            fill,
+            chunk=chunk,
+            max_concurrency=self.max_concurrency,
+        )
 
     def size(self, key: str) -> int | None:
         """The object's size in bytes, or None if absent."""
@@ -759,58 +717,35 @@ class S3Store:
         return aborted
 
 
-class _Upload(io.RawIOBase):
+class _Upload(Upload):
     """The file object ``put_stream_if_absent`` hands its writer: buffers ``part_size`` bytes,
     then streams parts of a multipart upload (started on the first full part) from a pool."""
 
+    eager = True
+
     def __init__(self, store: S3Store, key: str, *, replace: bool = False) -> None:
-        super().__init__()
-        self._replace = replace
+        super().__init__(store.part_size, replace=replace)
         self._store = store
         self._key = key
         self._name = store._key(key)
-        self._buffer = bytearray()
-        self._written = 0
         self._upload_id: str | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._slots = threading.BoundedSemaphore(store.max_concurrency)
         self._futures: list[Future[dict[str, Any]]] = []
-        self._finished = False
 
-    # io API
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._written
-
-    def write(self, data: Any) -> int:
-        if self._finished:
-            raise ValueError("write to a finished upload")
-        view = memoryview(data).cast("B")
-        size = len(view)
-        while len(view):
-            room = self._part_size(len(self._futures) + 1) - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
-            if len(self._buffer) >= self._part_size(len(self._futures) + 1):
-                self._send()
-        self._written += size
-        return size
-
-    def _part_size(self, number: int) -> int:
+    def _part_limit(self, number: int) -> int:
         """Parts double in size every 1,000 (S3 allows 10,000), so streams of any size fit."""
         return min(self._store.part_size << ((number - 1) // 1000), _MAX_PART)
 
-    def _send(self) -> None:
-        """Hands the buffer to the pool as the next part (blocks while all slots are busy)."""
+    def _send_part(self, number: int, body: bytes) -> None:
+        """Hands ``body`` to the pool as part ``number`` (blocks while all slots are busy)."""
         store = self._store
         if self._upload_id is None:
             with store._failing("start an upload of", self._key):
                 created = store._client.create_multipart_upload(Bucket=store.bucket, Key=self._name)
             self._upload_id = str(created["UploadId"])
             self._pool = ThreadPoolExecutor(store.max_concurrency)
-        if len(self._futures) >= _MAX_PARTS:
+        if number > _MAX_PARTS:
             raise StorageError(
                 f"could not write {store._where(self._key)}: more than {_MAX_PARTS} parts",
                 path=store._where(self._key),
@@ -820,9 +755,6 @@ class _Upload(io.RawIOBase):
             if future.done() and future.exception() is not None:
                 future.result()
         self._slots.acquire()
-        number = len(self._futures) + 1
-        body = bytes(self._buffer)
-        self._buffer = bytearray()
         assert self._pool is not None
         self._futures.append(self._pool.submit(self._upload_part, number, body))
 
@@ -845,25 +777,17 @@ class _Upload(io.RawIOBase):
         finally:
             self._slots.release()
 
-    def finish(self) -> bool:
-        """Completes the object: one (conditional) put, or the (conditional) multipart
-        completion."""
+    def _put(self, body: bytes) -> None:
         store = self._store
-        self._finished = True
-        if self._upload_id is None:
-            if self._replace:
-                with store._failing("write", self._key):
-                    store._client.put_object(
-                        Bucket=store.bucket, Key=self._name, Body=bytes(self._buffer)
-                    )
-                return True
-            return store.put_if_absent(self._key, bytes(self._buffer))
-        if self._buffer or not self._futures:
-            self._slots.acquire()
-            number = len(self._futures) + 1
-            assert self._pool is not None
-            self._futures.append(self._pool.submit(self._upload_part, number, bytes(self._buffer)))
-            self._buffer = bytearray()
+        with store._failing("write", self._key):
+            store._client.put_object(Bucket=store.bucket, Key=self._name, Body=body)
+
+    def _create(self, body: bytes) -> bool:
+        return self._store.put_if_absent(self._key, body)
+
+    def _complete(self) -> bool:
+        """The (conditional) multipart completion, once every part is sent."""
+        store = self._store
         parts = [future.result() for future in self._futures]
         self._close_pool()
         from botocore.exceptions import BotoCoreError, ClientError
@@ -918,9 +842,8 @@ class _Upload(io.RawIOBase):
             return str(head.get("ETag", "")).strip('"') == f"{digest}-{len(parts)}"
         return int(head["ContentLength"]) == self._written  # no MD5 ETags (SSE-KMS ...)
 
-    def abort(self) -> None:
+    def _abort(self) -> None:
         """Aborts the multipart upload, if any; a failure here is left to cleanup_uploads."""
-        self._finished = True
         for future in self._futures:
             future.cancel()
         self._close_pool()
