@@ -51,6 +51,13 @@ class CkptV1(ModelV1, schema="clitest.ckpt", version=1):
     hparams: DigitsConfigV1
 
 
+class TeacherStudentV1(ModelV1, schema="clitest.teacher", version=1):
+    """A required second weights column (as a training checkpoint's optimizer tensors are)."""
+
+    run: str
+    teacher: Weights
+
+
 class CnnRowV1(ModelV1, schema="clitest.cnn", version=1):
     """A training run's rows: losses, and the row a resumed run continued from."""
 

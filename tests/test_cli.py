@@ -29,6 +29,7 @@ from cli_rows import (
     CkptV1,
     DigitsConfigV1,
     DigitsRowV1,
+    TeacherStudentV1,
     TiedNet,
     TwoWeightsV1,
     assert_user_error,
@@ -528,6 +529,31 @@ def test_import_names_a_field_it_cannot_set(tmp_path: Path) -> None:
         "sets int, float, str and bool fields); import with the Python API: "
         "modelrows.import_safetensors(path, row_class, values={...})",
     )
+
+
+def test_import_into_rows_needing_another_weights_column_points_to_python(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "ts"
+    Catalog.create(root, TeacherStudentV1)
+    st = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(st))
+    assert_user_error(
+        invoke("import", st, root, "--module", "cli_rows", "--set", "run=a"),
+        "TeacherStudentV1 also needs the weights column teacher, which a safetensors file of one "
+        "model's tensors cannot fill and the command line cannot set; build the row in Python "
+        "(modelrows.import_safetensors(path, row_class, values={...}) with the other columns in "
+        "values) and append it",
+    )
+    # the file may fill that column instead; then `weights` is the one missing
+    assert_user_error(
+        invoke("import", st, root, "--module", "cli_rows", "--column", "teacher", "--set", "run=a"),
+        "TeacherStudentV1 also needs the weights column weights, which a safetensors file of one "
+        "model's tensors cannot fill and the command line cannot set; build the row in Python "
+        "(modelrows.import_safetensors(path, row_class, values={...}) with the other columns in "
+        "values) and append it",
+    )
+    assert len(Catalog.open(root)) == 0
 
 
 # -- user errors of export and import (one line, status 2) -----------------------------------------

@@ -114,3 +114,12 @@ def test_diff_errors(rows: tuple[Path, str, str]) -> None:
         invoke("diff", root, a, a, "--column", "wieghts"),
         f"row {a} has no weights column 'wieghts'; did you mean 'weights'? (weights columns: weights)",
     )
+
+
+def test_diff_top_of_a_row_with_itself_says_nothing_changed(rows: tuple[Path, str, str]) -> None:
+    root, a, _ = rows
+    same = invoke("diff", root, a, a, "--top", "3", "-f", "table")
+    assert same.code == 0, same
+    text = " ".join(plain(same.out).split())
+    assert "no floating-point tensor changed" in text and "changed most" not in text
+    assert "||B-A|| 0" in text

@@ -968,12 +968,28 @@ def _plain_type(arrow_type: pa.DataType) -> bool:
     )
 
 
-def _parse_sets(pairs: Sequence[str], row_class: type[Row]) -> dict[str, Any]:
-    """``--set key=value`` strings converted to the types of ``row_class``'s fields."""
+def _parse_sets(
+    pairs: Sequence[str], row_class: type[Row], column: str | None = None
+) -> dict[str, Any]:
+    """``--set key=value`` strings converted to the types of ``row_class``'s fields; the
+    weights column ``column`` (default ``weights``) is the one the file fills."""
     fields = row_class.__row_fields__
     schema = row_class.arrow_schema()
     wt = schema.field("weights").type
     settable = [f.name for f in schema if f.type != wt]
+    other_weights = [
+        f.name
+        for f in schema
+        if f.type == wt and f.name != (column or "weights") and fields[f.name].required
+    ]
+    if other_weights:
+        raise CommandLineError(
+            f"{row_class.__name__} also needs the weights column"
+            f"{'s' if len(other_weights) > 1 else ''} {', '.join(other_weights)}, which a "
+            "safetensors file of one model's tensors cannot fill and the command line cannot "
+            "set; build the row in Python (modelrows.import_safetensors(path, row_class, "
+            "values={...}) with the other columns in values) and append it"
+        )
     values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -1080,7 +1096,7 @@ def import_(
             f"{cat.url} holds {cat.schema} rows, but {', '.join(missing)} is not declared in this "
             f"process; name the module that declares it: --module my_pkg.rows (or set {ENV_IMPORT})"
         )
-    values = _parse_sets(sets or [], row_class)
+    values = _parse_sets(sets or [], row_class, column)
     row = import_safetensors(file, row_class, values=values, column=column)
     row_id = cat.append(row)
     (weights,) = [v for v in row.to_dict().values() if isinstance(v, Weights)]  # others unset
@@ -1311,6 +1327,9 @@ def _print_diff(
     )  # fmt: skip
     console = stdout()
     console.print(head)
+    if top is not None and not shown:
+        console.print(Text("\nno floating-point tensor changed", style="bold"))
+        return
     if top is not None:
         console.print(
             Text(
