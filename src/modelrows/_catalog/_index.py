@@ -74,7 +74,7 @@ CHECK_EVERY = 16
 MAX_SEGMENTS = 8
 """More segments than this make a compaction merge the newest few (tiered by size, deleted rows
 left out); see :func:`_merge_from`."""
-_ROW_GROUP = 16384
+_ROW_GROUP = 8192  # a lookup decodes two columns of one row group
 _UNIQUE_COLUMNS = frozenset({"row_id", "written_at", "_path", "_checksum"})
 _ADD = (".add.ipc", ".add.parquet")
 _DEL = (".del.ipc", ".del.parquet")
@@ -290,7 +290,8 @@ class SegmentCheck:
         metadata = pq.ParquetFile(pa.BufferReader(data)).metadata
         view = memoryview(data)
         groups = []
-        for start, end in _group_ranges(metadata):
+        for i in range(metadata.num_row_groups):
+            start, end = _group_range(metadata, i)
             groups.append((start, end, _digest(view[start:end])))
         return cls(len(data), (footer_start, _digest(view[footer_start:])), tuple(groups))
 
@@ -325,21 +326,18 @@ class SegmentCheck:
         return cls(size, (footer[0], footer[1]), tuple((g[0], g[1], g[2]) for g in groups))
 
 
-def _group_ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]]:
-    """The byte range ``[start, end)`` of each row group's column chunks."""
-    out = []
-    for i in range(metadata.num_row_groups):
-        group = metadata.row_group(i)
-        starts, ends = [], []
-        for j in range(group.num_columns):
-            chunk = group.column(j)
-            start = chunk.data_page_offset
-            if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
-                start = min(start, chunk.dictionary_page_offset)
-            starts.append(start)
-            ends.append(start + chunk.total_compressed_size)
-        out.append((min(starts), max(ends)) if starts else (0, 0))
-    return out
+def _group_range(metadata: pq.FileMetaData, i: int) -> tuple[int, int]:
+    """The byte range ``[start, end)`` of row group ``i``'s column chunks."""
+    group = metadata.row_group(i)
+    starts, ends = [], []
+    for j in range(group.num_columns):
+        chunk = group.column(j)
+        start = chunk.data_page_offset
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+            start = min(start, chunk.dictionary_page_offset)
+        starts.append(start)
+        ends.append(start + chunk.total_compressed_size)
+    return (min(starts), max(ends)) if starts else (0, 0)
 
 
 def manifest_key(sequence: int) -> str:
@@ -478,11 +476,13 @@ class Index:
         if len(view) != check.size or not 12 <= start < check.size:
             raise damaged("its size")
         fetched(start, check.size, digest, "its footer")
-        pf = pq.ParquetFile(pa.BufferReader(buffer))
-        if [g[:2] for g in check.groups] != [tuple(r) for r in _group_ranges(pf.metadata)]:
-            raise damaged("its row groups' layout")
+        pf = pq.ParquetFile(pa.BufferReader(buffer), pre_buffer=False)
+        if pf.metadata.num_row_groups != len(check.groups):
+            raise damaged("its number of row groups")
 
-        def group(i: int) -> None:
+        def group(i: int) -> None:  # where the footer puts it, and what it holds
+            if _group_range(pf.metadata, i) != check.groups[i][:2]:
+                raise damaged(f"the place of row group {i}")
             fetched(*check.groups[i], f"row group {i}")
 
         return pf, group
@@ -734,11 +734,12 @@ class Index:
                 for i in groups:
                     fetch(i)
             table = (
-                pf.read_row_groups(groups, columns=names)
+                pf.read_row_groups(groups, columns=names, use_threads=False)
                 if groups
                 else pa.Table.from_batches([], schema=pf.schema_arrow)
             )
-            table = table.filter(pc.equal(table.column("row_id"), row_id))
+            at = pc.index(table.column("row_id"), row_id).as_py()  # ids are unique in a segment
+            table = table.slice(at, 1) if at >= 0 else table.slice(0, 0)
             if names is not None:  # only these columns, conformed to the catalog's types
                 schema = pa.schema([self.schema.field(n) for n in names])
                 return table.select(names).cast(schema)
