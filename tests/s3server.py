@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -433,6 +437,75 @@ def model(seed: int, size: int = 16) -> Any:
 
     torch.manual_seed(seed)
     return torch.nn.Linear(size, size)
+
+
+def ids_of(catalog: Any) -> list[str]:
+    """Every row id a catalog's scan returns, sorted."""
+    return sorted(catalog.scan().select("row_id").collect().to_series().to_list())
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two modules hold the same tensors, names, dtypes and values."""
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return bool(
+        sa.keys() == sb.keys()
+        and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+    )
+
+
+def spawn_worker(*args: str) -> subprocess.Popen[str]:
+    """A catalog client process running this module (``_catalog_worker``), pipes open."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
+    return subprocess.Popen(
+        [sys.executable, str(here / "s3server.py"), *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def check_racing_writers(url: str) -> None:
+    """Three writer processes, released together, append three rows each to the catalog at
+    ``url`` (created already): every acknowledged row is there exactly once, checks, and loads
+    into a model equal to the one it was taken from."""
+    from modelrows import Catalog, load_weights
+
+    writers = [spawn_worker("append", url, f"w{i}", "3", str(10 * i)) for i in range(3)]
+    try:
+        for w in writers:
+            assert w.stdout is not None
+            line = w.stdout.readline().strip()
+            assert line == "ready", w.communicate()[1][-3000:]
+        for w in writers:
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        answers = []
+        for w in writers:
+            out, err = w.communicate(timeout=240)
+            assert w.returncode == 0, err[-3000:]
+            answers.append(json.loads(out))
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    every = sorted(i for ids in answers for i in ids)
+    assert len(set(every)) == 9
+    reopened = Catalog.open(url)
+    assert ids_of(reopened) == every
+    for n, ids in enumerate(answers):
+        for epoch, row_id in enumerate(ids):
+            row = reopened.get(row_id, verify=True)
+            assert (row.run, row.epoch) == (f"w{n}", epoch)  # type: ignore[attr-defined]
+            target = model(0)
+            load_weights(target, row.weights)  # type: ignore[attr-defined]
+            assert same_weights(target, model(10 * n + epoch))
 
 
 def _catalog_worker(argv: list[str]) -> None:

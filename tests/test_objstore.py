@@ -311,7 +311,13 @@ def test_a_missing_bucket_is_a_storage_error_naming_the_url(store: ObjStore) -> 
 
 # -- the catalog on az:// (Azurite) -------------------------------------------------------------
 
-from s3server import model, row_class  # noqa: E402
+from s3server import (  # noqa: E402
+    check_racing_writers,
+    ids_of,
+    model,
+    row_class,
+    same_weights,
+)
 
 Row = row_class()  # declared at import, before the registry fixture takes its snapshot
 BIG = 1750  # model(seed, BIG): a 12 MB row, uploaded as a multipart upload (8 MiB parts)
@@ -319,17 +325,6 @@ BIG = 1750  # model(seed, BIG): a 12 MB row, uploaded as a multipart upload (8 M
 
 def append(catalog: Catalog, seed: int, *, run: str = "a", size: int = 16, **values: Any) -> str:
     return catalog.append(Row(weights=fetch_weights(model(seed, size)), run=run, **values))
-
-
-def ids_of(catalog: Catalog) -> list[str]:
-    return sorted(catalog.scan().select("row_id").collect().to_series().to_list())
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa
-    )
 
 
 def test_the_catalog_suite_on_azure(az_url: str) -> None:
@@ -411,51 +406,9 @@ def test_row_files_at_az_urls(container: str) -> None:
         write_model_row(f"az://{container}", Row(weights=fetch_weights(model(3)), run="y"))
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}"}
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "s3server.py"), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def test_concurrent_writers_in_separate_processes_on_azure(az_url: str) -> None:
     Catalog.create(az_url, Row, partition_by=["run"])
-    writers = [spawn("append", az_url, f"w{i}", "3", str(10 * i)) for i in range(3)]
-    try:
-        for w in writers:
-            assert w.stdout is not None
-            line = w.stdout.readline().strip()
-            assert line == "ready", w.communicate()[1][-3000:]
-        for w in writers:
-            assert w.stdin is not None
-            w.stdin.write("go\n")
-            w.stdin.flush()
-        answers = []
-        for w in writers:
-            out, err = w.communicate(timeout=240)
-            assert w.returncode == 0, err[-3000:]
-            answers.append(json.loads(out))
-    finally:
-        for w in writers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    every = sorted(i for ids in answers for i in ids)
-    assert len(set(every)) == 9
-    reopened = Catalog.open(az_url)
-    assert ids_of(reopened) == every
-    for n, ids in enumerate(answers):
-        for epoch, row_id in enumerate(ids):
-            row = reopened.get(row_id, verify=True)
-            assert (row.run, row.epoch) == (f"w{n}", epoch)
-            target = model(0)
-            load_weights(target, row.weights)
-            assert same_weights(target, model(10 * n + epoch))
+    check_racing_writers(az_url)
 
 
 @pytest.mark.parametrize("stage", ["upload", "publish"])

@@ -39,7 +39,16 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
-from s3server import Request, S3TestServer, model, row_class
+from s3server import (
+    Request,
+    S3TestServer,
+    check_racing_writers,
+    ids_of,
+    model,
+    row_class,
+    same_weights,
+    spawn_worker,
+)
 
 S3Row = row_class()  # declared at import, before the registry fixture takes its snapshot
 
@@ -113,10 +122,6 @@ def uploads(server: S3TestServer, bucket: str) -> list[str]:
     return [u["Key"] for u in listed.get("Uploads", [])]
 
 
-def ids_of(catalog: Catalog) -> list[str]:
-    return sorted(catalog.scan().select("row_id").collect().to_series().to_list())
-
-
 def put_of(part: str) -> Callable[[Request], bool]:
     """Matches the creation of an object whose key holds ``part`` (not a multipart part)."""
     return lambda r: r.method == "PUT" and not r.is_part and part in r.path
@@ -124,13 +129,6 @@ def put_of(part: str) -> Callable[[Request], bool]:
 
 def delete_of(part: str) -> Callable[[Request], bool]:
     return lambda r: r.method == "DELETE" and part in r.path
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa
-    )
 
 
 # -- the catalog suite on S3 ----------------------------------------------------------------
@@ -433,18 +431,6 @@ def test_two_compactors_racing_on_s3_one_wins(
 # -- processes ---------------------------------------------------------------------------------
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)])}
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "s3server.py"), *args],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def finish(process: subprocess.Popen[str]) -> str:
     out, err = process.communicate(timeout=240)
     assert process.returncode == 0, err[-3000:]
@@ -455,31 +441,7 @@ def finish(process: subprocess.Popen[str]) -> str:
 def test_concurrent_writers_in_separate_processes(
     server: S3TestServer, catalog: Catalog, url: str
 ) -> None:
-    writers = [spawn("append", url, f"w{i}", "3", str(10 * i)) for i in range(3)]
-    try:
-        for w in writers:
-            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
-        for w in writers:
-            assert w.stdin is not None
-            w.stdin.write("go\n")
-            w.stdin.flush()
-        answers = [json.loads(finish(w)) for w in writers]
-    finally:
-        for w in writers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    every = sorted(i for ids in answers for i in ids)
-    assert len(set(every)) == 9
-    reopened = Catalog.open(url)
-    assert ids_of(reopened) == every
-    for n, ids in enumerate(answers):
-        for epoch, row_id in enumerate(ids):
-            row = reopened.get(row_id, verify=True)
-            assert (row.run, row.epoch) == (f"w{n}", epoch)
-            target = model(0)
-            load_weights(target, row.weights)
-            assert same_weights(target, model(10 * n + epoch))
+    check_racing_writers(url)
 
 
 @pytest.mark.slow
@@ -488,7 +450,7 @@ def test_a_writer_killed_mid_append_leaves_no_row(
     server: S3TestServer, bucket: str, catalog: Catalog, url: str, stage: str
 ) -> None:
     kept = [append(catalog, 1)]
-    writer = spawn("append-stuck", url, "a", stage)
+    writer = spawn_worker("append-stuck", url, "a", stage)
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "stuck"
     finally:
