@@ -39,6 +39,7 @@ from modelrows import (
     read_model_row,
     write_model_row,
 )
+from modelrows._catalog import _index
 from s3server import (
     Request,
     S3TestServer,
@@ -573,3 +574,33 @@ def test_the_readme_s3_section_runs(server: S3TestServer, tmp_path: Path) -> Non
     assert len(Catalog.open("s3://checkpoints/digits")) == 1
     exported = read_model_row("s3://checkpoints/exported/best.model.arrow", verify=True)
     assert exported.run == "baseline" and exported.epoch == 1
+
+
+def test_get_reads_the_footer_and_one_row_group_of_a_segment_by_range(
+    server: S3TestServer, bucket: str, url: str, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "_ROW_GROUP", 4)  # a segment of several row groups
+    ids = catalog.append_many(
+        [S3Row(weights=fetch_weights(model(i)), run="a", epoch=i) for i in range(20)]
+    )
+    catalog.compact()
+    [segment] = catalog.index_files()
+    size = server.client().head_object(Bucket=bucket, Key=f"ckpts/digits/{segment}")
+    before = len(server.requests)
+    fresh = Catalog.open(url)
+    assert fresh.get(ids[13]).epoch == 13  # type: ignore[attr-defined]
+    reads = [r for r in server.requests[before:] if r.method == "GET" and segment in r.path]
+    assert reads and all("range" in r.headers for r in reads), "read the whole segment"
+    spans = sorted(tuple(map(int, r.headers["range"][6:].split("-"))) for r in reads)
+    check = fresh._index.latest().checks[segment]  # type: ignore[union-attr]
+    start, end, _ = check.groups[13 // 4]  # ids are sorted: row 13 is in row group 3
+    assert spans == [(start, end - 1), (check.footer[0], size["ContentLength"] - 1)]
+    # a damaged row group on the store is refused by the lookup that reads it
+    body = bytearray(
+        server.client().get_object(Bucket=bucket, Key=f"ckpts/digits/{segment}")["Body"].read()
+    )
+    body[(start + end) // 2] ^= 0x01
+    server.client().put_object(Bucket=bucket, Key=f"ckpts/digits/{segment}", Body=bytes(body))
+    with pytest.raises(CatalogError, match=r"damaged \(row group 3 does not match"):
+        Catalog.open(url).get(ids[13])
+    assert Catalog.open(url).get(ids[1]).epoch == 1  # type: ignore[attr-defined]
