@@ -606,3 +606,11 @@ def test_import_of_malformed_metadata_is_one_line(cat: Fixture, tmp_path: Path) 
         f"{tmp_path / 'none.safetensors'}: no such file",
     )
     assert len(Catalog.open(cat.root)) == 8
+
+
+def test_show_separates_the_weights_columns_by_a_blank_line(two: tuple[Path, str]) -> None:
+    root, row_id = two
+    lines = plain(invoke("show", root, row_id, "-f", "table").out).splitlines()
+    ema = next(i for i, line in enumerate(lines) if line.startswith("ema: 1 tensors"))
+    checksum = max(i for i, line in enumerate(lines[:ema]) if line.startswith("checksum"))
+    assert lines[checksum + 1 : ema] == [""], lines[checksum : ema + 1]

@@ -439,7 +439,9 @@ def _print_row(facts: Mapping[str, Any]) -> None:
             value = table_cell(f["value"])
         fields.add_row(escape(f["name"]), escape(f["type"]), value, f["declared_in"] or "-")
     parts: list[Any] = [grid(head), fields]
-    for name, w in facts["weights"].items():
+    for n, (name, w) in enumerate(facts["weights"].items()):
+        if n:  # a blank line between one weights column's checksum and the next one's tensors
+            parts.append(Text(""))
         tensors = Table(
             box=box.SIMPLE_HEAD,
             header_style="bold",
