@@ -515,6 +515,11 @@ def test_reader_reads_the_golden_catalog(golden: Path, tmp_path: Path) -> None:
     frame = catalog.scan().sort("run", "epoch").collect()
     assert frame["config"].struct.field("layers").to_list() == [[32, 16]] * 3
     expected = {(r.run, r.epoch): r for r in make_golden.catalog_rows()}
+    for row_id in catalog.index_table().column("row_id").to_pylist():  # lookups by id
+        row = Catalog.open(tmp_path / "catalog").get(row_id, verify=True)
+        assert row.to_dict() | {"row_id": None, "written_at": None} == expected[
+            (row.run, row.epoch)  # type: ignore[attr-defined]
+        ].to_dict() | {"row_id": None, "written_at": None}
     for row in catalog.rows():
         want = expected[(row.run, row.epoch)]
         assert type(row) is type(want)
