@@ -420,8 +420,7 @@ class Catalog:
         try:
             for row, segs in zip(batch, segments, strict=True):
                 written.append(self._write_row(row, segs, fsync=fsync))
-            first = written[0].column("row_id")[0].as_py()
-            self._index.publish_add(first, pa.Table.from_batches(written), fsync=fsync)
+            self._index.publish_add(pa.Table.from_batches(written), fsync=fsync)
         except BaseException as exc:
             outcome = self._publish_outcome(exc, written, len(batch))
             if outcome == "published":

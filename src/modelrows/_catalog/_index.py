@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -449,8 +450,7 @@ class Index:
         path = self.store.local_path(key)
         raw: bytearray | None = None
         if path is not None:  # mapped: only the pages read are touched
-            with pa.memory_map(str(path)) as mapped:
-                buffer = mapped.read_buffer()
+            buffer = _mapped(path)
             view = memoryview(buffer).cast("B")
         else:  # the object's size, zeros but where ranges are fetched
             raw = bytearray(check.size)
@@ -490,11 +490,7 @@ class Index:
     def _checked_bytes(self, key: str) -> pa.Buffer:
         """The bytes of one index file, checked against the hash in its name."""
         path = self.store.local_path(key)
-        if path is None:
-            data = pa.py_buffer(self.store.get(key))
-        else:  # mapped, not copied (index files are never changed in place); the fd is closed
-            with pa.memory_map(str(path)) as mapped:
-                data = mapped.read_buffer()
+        data = pa.py_buffer(self.store.get(key)) if path is None else _mapped(path)
         expected = _hash_in_name(key)
         if expected is None or _digest(data) != expected:
             raise CatalogError(
@@ -753,14 +749,15 @@ class Index:
         return self._conform(table, key)
 
     # -- writing ------------------------------------------------------------------------------------
-    def publish_add(self, first_id: str, rows: pa.Table, *, fsync: bool) -> None:
+    def publish_add(self, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
         data, ext = self._entry(rows)
+        ids = rows.column("row_id")
+        first = pc.min(ids).as_py()
         if self.parquet_log:  # the name readers of catalog format 2 know
-            key = f"{LOG}{first_id}.{_digest(data)}.add.{ext}"
+            key = f"{LOG}{first}.{_digest(data)}.add.{ext}"
         else:  # the smallest and largest row id: a lookup reads only the entries that can hold it
-            ids = rows.column("row_id")
-            key = f"{LOG}{pc.min(ids).as_py()}.{_digest(data)}.{pc.max(ids).as_py()}.add.{ext}"
+            key = f"{LOG}{first}.{_digest(data)}.{pc.max(ids).as_py()}.add.{ext}"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
 
@@ -1009,6 +1006,13 @@ class Index:
             )
         )
         return pa.concat_tables([rows.take(pa.array(keep, pa.int64())), appended])
+
+
+def _mapped(path: Path) -> pa.Buffer:
+    """A local index file mapped, not copied (index files are never changed in place); the file
+    descriptor is closed, the mapping lives as long as the buffer."""
+    with pa.memory_map(str(path)) as mapped:
+        return mapped.read_buffer()
 
 
 def _merge_from(sizes: Sequence[int], most: int) -> int:
