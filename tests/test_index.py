@@ -709,3 +709,32 @@ def test_a_manifest_with_malformed_checks_is_refused_by_name(root: Path, checks:
         len(Catalog.open(root))
     assert f"{path} is not a valid index manifest" in str(info.value)
     assert "catalog.reindex()" in str(info.value)
+
+
+def test_a_reader_racing_compactions_between_listing_and_stat_still_finds_the_index(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a reader's directory read sees manifests that compactions remove before it looks at them
+    # (what two compactions during a reader's pause do): the index is there, the reader starts
+    # over; it must never take the catalog for one without an index
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(3))
+    catalog.compact()
+    real_scandir = os.scandir
+    raced = []
+
+    def scandir_then_compact(path: Any) -> Any:
+        entries = list(real_scandir(path))
+        if str(path).endswith("manifests") and not raced:
+            raced.append(True)
+            for _ in range(2):  # each publishes a manifest and removes the older ones
+                ids.extend(fill(catalog, range(1)))
+                catalog.compact(full=False)
+        return iter(entries)
+
+    monkeypatch.setattr("modelrows._catalog._store.os.scandir", scandir_then_compact)
+    fresh = Catalog.open(root)
+    fresh._indexed = True  # a reader already past its first look at the index
+    assert len(fresh) == 5 and raced
+    monkeypatch.undo()
+    assert live_ids(Catalog.open(root)) == sorted(ids)

@@ -15,7 +15,6 @@ relative to the catalog's root.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -161,6 +160,9 @@ class LocalStore:
             return None
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
+        """As of each directory's read, as an object store's listing is as of one instant: a file
+        removed between the read and its stat is still listed (size 0). Dropping it instead let a
+        reader racing two compactions list no manifest at all, and take the index for gone."""
         base = self.root / prefix
         found: list[tuple[str, int]] = []
         start = len(str(self.root)) + 1
@@ -174,10 +176,11 @@ class LocalStore:
                 if entry.is_dir(follow_symlinks=False):
                     walk(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    with contextlib.suppress(FileNotFoundError):
-                        found.append(
-                            (entry.path[start:], entry.stat(follow_symlinks=False).st_size)
-                        )
+                    try:
+                        size = entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:  # removed since the directory was read: listed
+                        size = 0  # all the same (a reader finds it gone and starts over)
+                    found.append((entry.path[start:], size))
 
         walk(str(base))
         found.sort()
