@@ -57,7 +57,8 @@ class Store(Protocol):
         """The object's size in bytes, or None if it is absent."""
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
-        """Every key under ``prefix`` (recursively) with its size, sorted by key."""
+        """Every key under ``prefix`` (recursively) with its size, sorted by key, as of one
+        moment: a key removed since may still be listed (readers find it gone, and start over)."""
 
     def delete(self, key: str) -> None:
         """Remove ``key``; an absent key is not an error."""
