@@ -237,9 +237,10 @@ class Catalog:
             store,
             _index.index_schema(self.arrow_schema, self._weights),
             parquet_log=self.format_version == 2,
+            on_missing=self._build_index,
         )
+        self._building = threading.Lock()
         self._local = threading.local()  # one DuckDB connection per thread
-        self._indexed = False
 
     # -- creating and opening -------------------------------------------------------------------------
     @classmethod
@@ -490,16 +491,24 @@ class Catalog:
 
     # -- the index ----------------------------------------------------------------------------------
     def _ensure_index(self) -> None:
-        """Build the index of a catalog that has none (written before indexes, or lost)."""
-        if self._indexed:
+        """Build the index of a catalog that has none (written before indexes, or lost) before
+        writing to it. Readers need not call this: the index calls :meth:`_build_index` when a
+        read lists no manifest (one listing fewer for every freshly opened catalog)."""
+        if self._index.seen:
             return
         if not self._index.manifests():
-            start = time.monotonic()
-            self.reindex(progress=None, _notice_from=start)
-        self._indexed = True
+            self._build_index()
+        self._index.seen = True
+
+    def _build_index(self) -> None:
+        """Build the index of a catalog that has none; called once per catalog object at most:
+        an index that vanishes after this object has read it is damage to report (rebuilding
+        it silently would bring back rows whose delete it recorded)."""
+        with self._building:
+            if not self._index.manifests():  # not built by another thread meanwhile
+                self.reindex(progress=None, _notice_from=time.monotonic())
 
     def _snapshot(self) -> _index.Snapshot:
-        self._ensure_index()
         return self._index.snapshot()
 
     def index_table(self) -> pa.Table:
@@ -581,7 +590,7 @@ class Catalog:
             else pa.Table.from_batches([], schema=self._index.schema)
         )
         manifest = self._index.rebuild(rows, log_before, since=since, listed=set(files))
-        self._indexed = True
+        self._index.seen = True
         return manifest.rows
 
     def _best_copy(self, row_id: str, keys: list[str]) -> pa.Table | None:
@@ -658,7 +667,6 @@ class Catalog:
 
     # -- finding rows -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        self._ensure_index()
         count = self._index.count()  # from the manifest alone, when it describes every row
         if count is None:  # rows in the log: count the ids (one column read)
             count = self._index.snapshot(columns=[]).table.num_rows
@@ -667,7 +675,6 @@ class Catalog:
     def _entry(self, row_id: str) -> dict[str, Any]:
         if not isinstance(row_id, str):
             raise CatalogError(f"a row id is a string, not {type(row_id).__name__}")
-        self._ensure_index()
         # a row id, or an alias name resolved to its row; only the columns callers use
         entry = self._lookup_entry(row_id, columns=[PATH, "row_id"])
         if entry is None:
@@ -968,7 +975,6 @@ class Catalog:
         the smallest row id."""
         import pyarrow.compute as pc
 
-        self._ensure_index()
         table = self._index.snapshot(columns=[by, PATH]).table  # three columns, not every one
         values, ids, keys = table.column(by), table.column("row_id"), table.column(PATH)
         keep = pc.is_valid(values)

@@ -371,10 +371,19 @@ class StaleRead(Exception):
 class Index:
     """The index of one catalog on one store (see the module docstring)."""
 
-    def __init__(self, store: Store, schema: pa.Schema, *, parquet_log: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        schema: pa.Schema,
+        *,
+        parquet_log: bool = False,
+        on_missing: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.schema = schema
         self.parquet_log = parquet_log  # log entries as Parquet (a catalog of format 2)
+        self.on_missing = on_missing  # builds the index when a first read finds no manifest
+        self.seen = False  # whether a manifest was found: from then on, none is damage
         self._cache: dict[str, pa.Table] = {}  # immutable objects by key: segments, log entries
         self._lock = threading.Lock()
 
@@ -648,17 +657,19 @@ class Index:
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
     def _manifest_and_log(self) -> tuple[Manifest, list[str]]:
-        """The newest manifest and the log as present with it (StaleRead if a newer manifest
-        appeared meanwhile)."""
+        """The log, then the newest manifest: two listings. Every entry committed before the log
+        was listed is either listed or, if a compaction removed it since, covered by a manifest
+        published before the removal, so by the newest one listed after (StaleRead if that one
+        is gone when read, or a listed entry when read: a compaction moved on)."""
+        log = self.log_entries()
         found = self.manifests()
+        if not found and not self.seen and self.on_missing is not None:
+            self.on_missing()  # a catalog without an index (written before indexes, or lost)
+            log, found = self.log_entries(), self.manifests()
         if not found:
             raise self._no_index()
-        manifest = self._manifest(found[-1][1])
-        log = self.log_entries()
-        again = self.manifests()
-        if not again or again[-1][1] != found[-1][1]:
-            raise StaleRead(found[-1][1])
-        return manifest, log
+        self.seen = True
+        return self._manifest(found[-1][1]), log
 
     def lookup(self, row_id: str, *, columns: Sequence[str] | None = None) -> dict[str, Any] | None:
         """The index row of ``row_id`` (at least ``columns`` of it, when given), reading only
