@@ -169,3 +169,74 @@ def test_mutated_row_files_are_read_or_refused_by_name(bases: list[Base]) -> Non
     check()
     assert sum(outcomes.values()) >= EXAMPLES
     print(f"\n{sum(outcomes.values())} mutated files: {dict(sorted(outcomes.items()))}")
+
+
+def _schema_messages() -> dict[str, bytes]:
+    """Serialized schemas: a catalog's (nested weights, metadata), one with field metadata and
+    shared-looking nesting, one with an extension type's key, one with a dictionary column."""
+    import pyarrow as pa
+
+    from modelrows._catalog import _file_schema
+
+    nested = pa.schema(
+        [
+            pa.field("a", pa.struct([("x", pa.list_(pa.int64())), ("y", pa.string())]),
+                     metadata={"k": "v", "note": "é"}),  # fmt: skip
+            pa.field("b", pa.large_list(pa.struct([("z", pa.float32())]))),
+        ],
+        metadata={"top": "level"},
+    )
+    extension = pa.schema(
+        [pa.field("e", pa.int32(), metadata={"ARROW:extension:name": "some.type"})]
+    )
+    dictionary = pa.schema([pa.field("d", pa.dictionary(pa.int8(), pa.string()))])
+    return {
+        "catalog": _file_schema(FuzzRowV1).serialize().to_pybytes(),
+        "nested": nested.serialize().to_pybytes(),
+        "extension": extension.serialize().to_pybytes(),
+        "dictionary": dictionary.serialize().to_pybytes(),
+    }
+
+
+def test_the_quick_schema_check_never_passes_what_the_full_walk_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_schema_is_plain answers for the full walk of _check_schema on every schema a row file or
+    a catalog carries. For every single-byte mutation (XOR 0x01, 0x80, 0xFF) of four schema
+    messages, check_schema_message gives the same outcome (passed, or the same error) with the
+    quick check as with the full walk alone. The quick check does pass the sound schemas (else
+    it would save nothing) and most mutants, and doubts the extension type and the dictionary,
+    which the full walk then refuses by name."""
+    from modelrows import _ipcguard
+
+    quick = _ipcguard._schema_is_plain
+    answers: list[bool] = []
+
+    def counted(buf: memoryview, pos: int) -> bool:
+        answers.append(quick(buf, pos))
+        return answers[-1]
+
+    def outcome(data: bytes, *, full_walk: bool) -> str:
+        with monkeypatch.context() as m:
+            m.setattr(_ipcguard, "_schema_is_plain", (lambda b, p: False) if full_walk else counted)
+            try:
+                _ipcguard.check_schema_message(data, where="schema")
+            except ModelRowsError as exc:
+                return f"{type(exc).__name__}: {exc}"
+        return "passed"
+
+    messages = _schema_messages()
+    for name, data in messages.items():
+        answers.clear()
+        got = outcome(data, full_walk=False)
+        assert answers == [name in ("catalog", "nested")], name
+        assert (got == "passed") == (name in ("catalog", "nested")), (name, got)
+    answers.clear()
+    for name, data in messages.items():
+        for at in range(len(data)):
+            for bits in (0x01, 0x80, 0xFF):
+                mutant = bytearray(data)
+                mutant[at] ^= bits
+                quick_first = outcome(bytes(mutant), full_walk=False)
+                assert quick_first == outcome(bytes(mutant), full_walk=True), (name, at, bits)
+    assert sum(answers) > 1000 and not all(answers)  # both answers were given, many times
