@@ -180,8 +180,11 @@ def _schema_messages() -> dict[str, bytes]:
 
     nested = pa.schema(
         [
-            pa.field("a", pa.struct([("x", pa.list_(pa.int64())), ("y", pa.string())]),
-                     metadata={"k": "v", "note": "é"}),  # fmt: skip
+            pa.field(
+                "a",
+                pa.struct([("x", pa.list_(pa.int64())), ("y", pa.string())]),
+                metadata={"k": "v", "note": "é"},
+            ),
             pa.field("b", pa.large_list(pa.struct([("z", pa.float32())]))),
         ],
         metadata={"top": "level"},

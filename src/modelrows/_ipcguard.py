@@ -223,10 +223,10 @@ def _schema_is_plain(buf: memoryview, schema_pos: int) -> bool:
         offset = u16(buf, vtable + entry)[0]
         if not offset:
             return 0
-        at = pos + offset
+        at: int = pos + offset
         if at + 4 > n:
             raise _Malformed
-        return at + u32(buf, at)[0]
+        return at + int(u32(buf, at)[0])
 
     def vector(pos: int, vtable: int, length: int, slot: int) -> tuple[int, int]:
         start = target(pos, vtable, length, slot)

@@ -32,7 +32,6 @@ valid, and every log entry still present is either covered or read.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import secrets
@@ -165,9 +164,9 @@ def to_arrow(table: pa.Table) -> bytes:
 _MAGIC = b"ARROW1\0\0"
 ROW_ID = pa.field("row_id", pa.string())
 """The one column of a delete entry."""
+_DELETE_SCHEMA = pa.schema([ROW_ID])
 
 
-@functools.lru_cache(maxsize=64)
 def _schema_message(schema: pa.Schema) -> bytes:
     """The bytes of the IPC schema message pyarrow writes for ``schema``: a log entry of that
     schema starts with them, right after the file's magic."""
@@ -384,6 +383,7 @@ class Index:
         self.parquet_log = parquet_log  # log entries as Parquet (a catalog of format 2)
         self.on_missing = on_missing  # builds the index when a first read finds no manifest
         self.seen = False  # whether a manifest was found: from then on, none is damage
+        self._messages: dict[bool, bytes] = {}  # schema message of add (False), delete entries
         self._cache: dict[str, pa.Table] = {}  # immutable objects by key: segments, log entries
         self._lock = threading.Lock()
 
@@ -437,12 +437,17 @@ class Index:
         data = self._checked_bytes(key)
         where = f"{self.store.url}/{key}"
         view = memoryview(data).cast("B")  # a pyarrow buffer's bytes are signed ("b")
-        expected = _schema_message(pa.schema([ROW_ID]) if is_delete(key) else self.schema)
+        deletes = is_delete(key)
+        schema = _DELETE_SCHEMA if deletes else self.schema
+        expected = self._messages.get(deletes)
+        if expected is None:  # once per catalog object (hashing a schema for a cache costs)
+            expected = self._messages.setdefault(deletes, _schema_message(schema))
         try:
             if view[:8] == _MAGIC and view[8 : 8 + len(expected)] == expected:
-                check_stream_batch(view, 8 + len(expected), where=where)
-                reader = pa.ipc.open_stream(data.slice(8))
-                return pa.Table.from_batches([reader.read_next_batch()])
+                at = 8 + len(expected)
+                check_stream_batch(view, at, where=where)
+                message = pa.ipc.read_message(data.slice(at))  # its schema is ``schema``
+                return pa.Table.from_batches([pa.ipc.read_record_batch(message, schema)])
             check_row_file(view, where=where, one_row=False)
         except ModelRowsError as exc:
             raise CatalogError(
@@ -499,7 +504,10 @@ class Index:
     def _checked_bytes(self, key: str) -> pa.Buffer:
         """The bytes of one index file, checked against the hash in its name."""
         path = self.store.local_path(key)
-        data = pa.py_buffer(self.store.get(key)) if path is None else _mapped(path)
+        if path is None or key.startswith(LOG):  # a log entry is small: read, not mapped
+            data = pa.py_buffer(self.store.get(key))
+        else:
+            data = _mapped(path)
         expected = _hash_in_name(key)
         if expected is None or _digest(data) != expected:
             raise CatalogError(
@@ -763,19 +771,19 @@ class Index:
     def publish_add(self, rows: pa.Table, *, fsync: bool) -> None:
         """Make ``rows`` (index rows of row files already in place) visible, atomically."""
         data, ext = self._entry(rows)
-        ids = rows.column("row_id")
-        first = pc.min(ids).as_py()
+        ids = rows.column("row_id").to_pylist()  # a few: quicker than two compute calls
+        first = min(ids)
         if self.parquet_log:  # the name readers of catalog format 2 know
             key = f"{LOG}{first}.{_digest(data)}.add.{ext}"
         else:  # the smallest and largest row id: a lookup reads only the entries that can hold it
-            key = f"{LOG}{first}.{_digest(data)}.{pc.max(ids).as_py()}.add.{ext}"
+            key = f"{LOG}{first}.{_digest(data)}.{max(ids)}.add.{ext}"
         if not self.store.put_if_absent(key, data, fsync=fsync):
             raise CatalogError(f"{self.store.url}/{key} exists already; row ids must be unique")
 
     def publish_delete(self, row_ids: Sequence[str], *, fsync: bool) -> str:
         """Delete ``row_ids`` from every query from now on, atomically; returns the entry's key."""
         table = pa.Table.from_arrays(
-            [pa.array(sorted(row_ids), pa.string())], schema=pa.schema([ROW_ID])
+            [pa.array(sorted(row_ids), pa.string())], schema=_DELETE_SCHEMA
         )
         data, ext = self._entry(table)
         key = f"{LOG}{new_id()}.{_digest(data)}.del.{ext}"
