@@ -233,6 +233,9 @@ class Catalog:
         self.format_version: int = meta["format_version"]
         self.schema_name = self.schema.split(">")[0].split("@")[0]
         self._weights = frozenset(f.name for f in self.arrow_schema if is_weights_type(f.type))
+        names = self.arrow_schema.names  # in order: the index row's columns, the checksums'
+        self._value_names = [n for n in names if n not in self._weights]
+        self._weight_names = [n for n in names if n in self._weights]
         self._index = Index(
             store,
             _index.index_schema(self.arrow_schema, self._weights),
@@ -390,12 +393,16 @@ class Catalog:
     def _index_row(self, row: Row, batch: pa.RecordBatch, key: str, size: int) -> pa.RecordBatch:
         """The index row of ``row``, written as ``batch`` to the file ``key`` of ``size`` bytes:
         the batch's columns but the weights, then the file, its size, the weights' checksums."""
-        arrays = [batch.column(f.name) for f in self.arrow_schema if f.name not in self._weights]
+        arrays = [batch.column(n) for n in self._value_names]
         checksums = [
             value._last_written_checksum() if value is not None else ""
-            for value in (getattr(row, n) for n in self.arrow_schema.names if n in self._weights)
+            for value in (getattr(row, n) for n in self._weight_names)
         ]
-        arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
+        arrays += [
+            pa.array([key], pa.string()),
+            pa.array([size], pa.int64()),
+            pa.array([",".join(checksums)], pa.string()),
+        ]
         return pa.RecordBatch.from_arrays(arrays, schema=self._index.schema)
 
     def append(self, row: Row, *, fsync: bool = True) -> str:

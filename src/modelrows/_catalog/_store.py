@@ -74,6 +74,7 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
+        self._made: set[Path] = set()  # directories known to exist (two stats fewer per put)
 
     def __repr__(self) -> str:
         return f"LocalStore({self.url!r})"
@@ -121,8 +122,19 @@ class LocalStore:
         self, key: str, write: Callable[[IO[bytes]], None], *, fsync: bool = True
     ) -> bool:
         path = self.root / key
-        self._mkdirs(path.parent, fsync=fsync)
-        pending = PendingFile(path, write, fsync=fsync)
+        directory = path.parent
+        if directory not in self._made:
+            self._mkdirs(directory, fsync=fsync)
+        try:
+            pending = PendingFile(path, write, fsync=fsync)
+        except StorageError as exc:  # the directory was removed since (vacuum, by hand)
+            gone = isinstance(exc.__cause__, FileNotFoundError) and exc.step == "create"
+            if not gone or directory not in self._made:
+                raise
+            self._made.discard(directory)
+            self._mkdirs(directory, fsync=fsync)
+            pending = PendingFile(path, write, fsync=fsync)
+        self._made.add(directory)
         try:
             pending.commit(replace=False)
         except StorageError as exc:
