@@ -20,7 +20,9 @@ import pytest
 from modelrows import StorageError
 from modelrows._atomic import PendingFile, create_exclusive, fsync_dir, write_atomic
 
-TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<hex>[0-9a-f]{12})\.tmp$")
+TEMP = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-(?P<hex>[0-9a-f]{12})\.tmp$"
+)
 
 
 def writer(data: bytes) -> Callable[[IO[bytes]], None]:

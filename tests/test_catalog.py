@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -258,6 +259,29 @@ def test_non_row_files_are_ignored(catalog: Catalog) -> None:
     assert len(catalog) == 6
     assert catalog.scan().collect().height == 6
     assert catalog.sql("SELECT count(*) FROM models").fetchall() == [(6,)]
+
+
+def test_vacuum_leaves_a_young_temporary_file_of_another_machine_alone(catalog: Catalog) -> None:
+    """On a file system shared between machines, a temporary file's pid says nothing here: one
+    whose host tag is another machine's is removed only once older than ``older_than`` (its
+    writer may be writing it now), while one of this machine's whose process is gone goes at
+    once. Without the tag, the other machine's live writer lost its file to any vacuum."""
+    from modelrows._format import host_tag
+
+    filled(catalog)
+    part = catalog.root / "run=a"
+    dead = 4194303  # above any pid Linux hands out: no such process here
+    other = "0badf00d" if host_tag() != "0badf00d" else "0badf00e"
+    theirs = part / f".01ABC.cat.model.arrow.{dead}-{other}-0123456789ab.tmp"
+    ours = part / f".01ABD.cat.model.arrow.{dead}-{host_tag()}-0123456789ab.tmp"
+    for leftover in (theirs, ours):
+        leftover.write_bytes(b"half a row")
+    removed = catalog.vacuum(older_than=3600.0)
+    assert ours in removed and not ours.exists()
+    assert theirs not in removed and theirs.exists()
+    os.utime(theirs, (time.time() - 7200, time.time() - 7200))
+    assert theirs in catalog.vacuum(older_than=3600.0) and not theirs.exists()
+    assert len(catalog) == 6
 
 
 def test_a_fresh_process_queries_without_the_row_class(catalog: Catalog) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -104,24 +105,29 @@ def test_is_weights_type_is_by_field_names() -> None:
 
 def test_temp_name_hides_the_file_and_names_its_writer() -> None:
     name = fmt.temp_name("01ABC.digits.model.arrow")
-    assert re.fullmatch(r"\.01ABC\.digits\.model\.arrow\.\d+-[0-9a-f]{12}\.tmp", name), name
+    host = f"{zlib.crc32(os.uname().nodename.encode()):08x}"
+    assert re.fullmatch(rf"\.01ABC\.digits\.model\.arrow\.\d+-{host}-[0-9a-f]{{12}}\.tmp", name), (
+        name
+    )
     assert fmt.is_temp_name(name) and not fmt.is_row_file_name(name)
-    assert fmt.parse_temp_name(name) == ("01ABC.digits.model.arrow", os.getpid())
+    assert fmt.parse_temp_name(name) == ("01ABC.digits.model.arrow", os.getpid(), host)
     assert fmt.temp_name("x") != fmt.temp_name("x")  # random part: two writers never collide
 
 
 @pytest.mark.parametrize(
     ("name", "parsed"),
     [
-        (".01ABC.cat.model.arrow.123-abc.tmp", ("01ABC.cat.model.arrow", 123)),
-        (".a.b.4194303-0a1b2c.tmp", ("a.b", 4194303)),
+        (".01ABC.cat.model.arrow.123-abc.tmp", ("01ABC.cat.model.arrow", 123, None)),
+        (".a.b.4194303-0a1b2c.tmp", ("a.b", 4194303, None)),  # written before host tags
+        (".a.b.77-0badf00d-0a1b2c3d4e5f.tmp", ("a.b", 77, "0badf00d")),
+        (".a.b.77-0badf00d1-0a1b2c.tmp", None),  # 9 digits: neither a tag nor random hex
         (".x.tmp", None),  # a temporary file, but not named by modelrows
         ("01ABC.cat.model.arrow", None),
         (".a.12-zz.tmp", None),
         ("a.12-ab.tmp", None),
     ],
 )
-def test_parse_temp_name(name: str, parsed: tuple[str, int] | None) -> None:
+def test_parse_temp_name(name: str, parsed: tuple[str, int, str | None] | None) -> None:
     assert fmt.parse_temp_name(name) == parsed
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import zlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +41,7 @@ __all__ = [
     "WRITE_ALIGN",
     "WRITTEN_AT",
     "WRITTEN_AT_TYPE",
+    "host_tag",
     "is_reserved_column",
     "is_row_file_name",
     "is_temp_name",
@@ -139,15 +141,24 @@ then keeps a freshly written row in 2 MiB folios, which a reader maps one page-t
 2 MiB: mapping a 200 MB row costs ~0.2 ms instead of ~4 ms (51,200 page faults), unmapping it
 ~0.1 ms instead of ~0.6 ms, and copying out of it is faster (fewer TLB misses)."""
 
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)-(?P<hex>[0-9a-f]+)\.tmp$")
+_TEMP_RE = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)-(?:(?P<host>[0-9a-f]{8})-)?(?P<hex>[0-9a-f]+)\.tmp$"
+)
+
+
+def host_tag() -> str:
+    """This machine's tag in temporary names: the CRC-32 of its host name, 8 hex digits."""
+    return f"{zlib.crc32(os.uname().nodename.encode('utf-8', 'replace')):08x}"
 
 
 def temp_name(name: str) -> str:
-    """The temporary name under which the file ``name`` is written: ``.<name>.<pid>-<hex>.tmp``.
+    """The temporary name under which the file ``name`` is written:
+    ``.<name>.<pid>-<host>-<hex>.tmp``.
 
     It starts with ``.`` and ends with ``.tmp``, so no reader takes it for a row, and it names
-    the writing process, so ``vacuum`` can tell whether its writer may still be alive."""
-    return f".{name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
+    the writing process and its machine (:func:`host_tag`), so ``vacuum`` can tell whether its
+    writer may still be alive: a pid says something only on the machine that wrote the file."""
+    return f".{name}.{os.getpid()}-{host_tag()}-{secrets.token_hex(6)}.tmp"
 
 
 def is_temp_name(name: str) -> bool:
@@ -156,10 +167,11 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def parse_temp_name(name: str) -> tuple[str, int] | None:
-    """``(final name, writer's pid)`` of a :func:`temp_name`, or None if ``name`` is not one."""
+def parse_temp_name(name: str) -> tuple[str, int, str | None] | None:
+    """``(final name, writer's pid, writer's host tag)`` of a :func:`temp_name` (the tag None in
+    a name written before tags), or None if ``name`` is not one."""
     m = _TEMP_RE.match(name)
-    return None if m is None else (m["name"], int(m["pid"]))
+    return None if m is None else (m["name"], int(m["pid"]), m["host"])
 
 
 # -- 6. catalogs -----------------------------------------------------------------------------------

@@ -1107,7 +1107,7 @@ class Catalog:
     # -- housekeeping ------------------------------------------------------------------------------
     def vacuum(self, *, older_than: float = 3600.0) -> list[Path | str]:
         """Finish what crashed writers, deleters and compactors left: temporary files (whose
-        writer is gone, or older than ``older_than`` seconds), files of deleted rows, row files
+        writer is gone from this machine, or older than ``older_than`` seconds), files of deleted rows, row files
         never published (older than ``older_than``), index segments no manifest names. Returns
         what was removed (on object storage: URLs, as strings; abandoned multipart uploads are
         aborted as well)."""

@@ -23,7 +23,7 @@ from typing import IO, Protocol
 
 from .._atomic import PendingFile, fsync_dir
 from .._errors import StorageError
-from .._format import is_temp_name, parse_temp_name
+from .._format import host_tag, is_temp_name, parse_temp_name
 
 
 class Store(Protocol):
@@ -210,8 +210,9 @@ class LocalStore:
             ) from exc
 
     def cleanup_uploads(self, older_than: float, prefix: str = "") -> int:
-        """Remove temporary files (``.<name>.<pid>-<hex>.tmp``) under ``prefix`` whose writer is
-        gone from this machine, or that are older than ``older_than`` seconds."""
+        """Remove temporary files (``.<name>.<pid>-<host>-<hex>.tmp``) under ``prefix`` whose
+        writer is gone from this machine, or that are older than ``older_than`` seconds (the
+        only test for a file another machine is writing, on a shared file system)."""
         removed = 0
         now = time.time()
         for dirpath, dirnames, filenames in os.walk(self.root / prefix):
@@ -231,11 +232,15 @@ class LocalStore:
 
 
 def writer_alive(tmp_name: str) -> bool:
-    """Whether the pid in ``.<name>.<pid>-<hex>.tmp`` is a live process on this machine."""
+    """Whether the writer of ``.<name>.<pid>-<host>-<hex>.tmp`` may still be alive: a live
+    process on this machine, or any process of another machine (a file system shared between
+    machines: its pid says nothing here, so only the file's age tells)."""
     parsed = parse_temp_name(tmp_name)
     if parsed is None:
         return False
-    pid = parsed[1]
+    _, pid, host = parsed
+    if host is not None and host != host_tag():
+        return True
     if pid == os.getpid():
         return True
     try:

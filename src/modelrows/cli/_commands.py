@@ -642,8 +642,9 @@ def vacuum(
 ) -> None:
     """Remove temporary files left in the catalog by writers that crashed.
 
-    A temporary file goes when the process that wrote it is gone, or when it is older than
-    `--older-than`. Rows are never touched.
+    A temporary file goes when the process that wrote it on this machine is gone, or when it
+    is older than `--older-than` (the only test for a file another machine is writing, on a
+    file system shared between machines). Rows are never touched.
 
     **Example**
 
