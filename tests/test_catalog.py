@@ -249,6 +249,21 @@ def test_empty_catalog_queries_return_empty_results(catalog: Catalog) -> None:
     assert list(catalog.rows()) == []
 
 
+def test_a_relation_answers_from_the_catalog_as_it_was_when_sql_was_called(
+    catalog: Catalog,
+) -> None:
+    """A relation is lazy: one fetched after later appends and later sql() calls still answers
+    from its own snapshot (each call registers ``models`` in a cursor of its own)."""
+    ids = filled(catalog)
+    before = catalog.sql("SELECT count(*) FROM models")
+    newest = catalog.sql("SELECT max(epoch) FROM models")
+    catalog.append(row("c", 9, 0.1), fsync=False)
+    after = catalog.sql("SELECT count(*) FROM models")
+    assert after.fetchall() == [(len(ids) + 1,)]
+    assert before.fetchall() == [(len(ids),)]
+    assert newest.fetchall() == [(max(epoch for _, epoch, _ in ids.values()),)]
+
+
 def test_non_row_files_are_ignored(catalog: Catalog) -> None:
     filled(catalog)
     (catalog.root / "README.md").write_text("about this catalog")

@@ -855,19 +855,20 @@ class Catalog:
         """Run DuckDB SQL where the table ``models`` is the catalog's index (every non-weight
         column, row_id and written_at); returns a relation.
 
-        The query sees the catalog and nothing else: DuckDB's file access, extensions and
-        configuration changes are disabled. For the full DuckDB, read ``index_table()`` or
-        ``index_files()`` with your own connection."""
+        The relation answers from the catalog as it was when ``sql`` was called, however late
+        it is fetched: each call registers its own snapshot as ``models``, in a cursor of its own
+        (registering it again in one shared connection made earlier relations answer from the
+        newer snapshot). The query sees the catalog and nothing else: DuckDB's file access,
+        extensions and configuration changes are disabled. For the full DuckDB, read
+        ``index_table()`` or ``index_files()`` with your own connection."""
         import duckdb
 
         if not isinstance(query, str):
             raise CatalogError(f"a SQL query is a string, not {type(query).__name__}")
-        con = self._connection()
-        with contextlib.suppress(duckdb.Error):
-            con.unregister("models")
-        con.register("models", _duckdb_ready(self._query_table()))
+        cursor = self._connection().cursor()  # the same locked-down database, its own views
+        cursor.register("models", _duckdb_ready(self._query_table()))
         try:
-            return con.sql(query)
+            return cursor.sql(query)
         except duckdb.Error as exc:
             raise CatalogError(f"SQL error: {exc}") from exc
 
