@@ -142,6 +142,40 @@ def test_ls_table_on_a_terminal(cat: Fixture) -> None:
     assert "hidden to fit the terminal: written_at, architecture_version, config" in caption
 
 
+def test_ls_on_a_narrow_terminal_shortens_a_long_run_name_before_hiding_it(
+    tmp_path: Path,
+) -> None:
+    """A run name longer than the terminal allows is shortened with an ellipsis (the caption says
+    so) rather than hidden; columns go from the last one on only once the text columns are as
+    short as they get; row ids are never cut."""
+    root = tmp_path / "long"
+    catalog = Catalog.create(root, DigitsRowV1, partition_by=["run"])
+    name = "resnet50-lr0.001-wd1e-4-cosine-warmup5-seed1234"
+    ids = [
+        catalog.append(
+            DigitsRowV1(
+                weights=fetch_weights(torch.nn.Linear(2, 2)),
+                run=name,
+                epoch=e,
+                accuracy=0.5 + e / 10,
+                commit_sha="3f2a9c1d7e",
+            ),  # fmt: skip
+            fsync=False,
+        )
+        for e in range(2)
+    ]
+    wide = plain(invoke("ls", root, env={"TTY_COMPATIBLE": "1", "COLUMNS": "100"}).out)
+    narrow = plain(invoke("ls", root, env={"TTY_COMPATIBLE": "1", "COLUMNS": "60"}).out)
+    for out, width in ((wide, 100), (narrow, 60)):
+        assert all(len(line) <= width for line in out.splitlines()), out
+        assert all(row_id in out for row_id in ids), out
+        assert name not in out and "resnet50-lr" in out and "…" in out, out
+        assert "shortened to fit: run" in " ".join(out.split()), out
+    assert "accuracy" in wide and "commit_sha" in wide  # shortening the run made room for them
+    caption = " ".join(narrow.split())
+    assert "hidden to fit the terminal: written_at, architecture_version, config" in caption
+
+
 def test_sql_with_one_or_two_arguments(cat: Fixture, tmp_path: Path) -> None:
     grouped = "SELECT run, max(accuracy) AS best FROM models GROUP BY run ORDER BY run"
     first_row = "SELECT row_id, epoch FROM models ORDER BY row_id LIMIT 1"

@@ -157,44 +157,71 @@ def emit_table(
         stdout().print(fitted_table(table.column_names, numbers, cells, caption))
 
 
+_NARROWEST = 12
+"""A text column is shortened (with an ellipsis) to no fewer cells than this before any column
+of the user's own is hidden."""
+
+
 def fitted_table(
     names: Sequence[str], numbers: Sequence[bool], cells: Sequence[Sequence[Text]], caption: str
 ) -> Table:
     """A table of one line per row that fits the terminal: bookkeeping columns (``written_at``,
-    ``architecture_version``) give way first, then the widest (never ``row_id``); the caption
-    names those left out."""
+    ``architecture_version``) give way first; then the widest text columns are shortened with an
+    ellipsis (never below a few characters, never ``row_id``), so that a long run name still
+    shows; then columns are hidden from the last one on. The caption names those shortened or
+    left out."""
     console = stdout()
     shown = list(range(len(names)))
     hidden: list[str] = []
+    caps: dict[int, int] = {}  # column -> the most cells it may take
 
     def build() -> Table:
-        note = f"hidden to fit the terminal: {', '.join(hidden)}" if hidden else ""
+        notes = (
+            f"shortened to fit: {', '.join(names[i] for i in sorted(caps) if i in shown)}"
+            if any(i in shown for i in caps)
+            else "",
+            f"hidden to fit the terminal: {', '.join(hidden)}" if hidden else "",
+        )
         out = Table(
             box=box.SIMPLE_HEAD,
             header_style="bold",
-            caption="; ".join(part for part in (caption, note) if part) or None,
+            caption="; ".join(part for part in (caption, *notes) if part) or None,
             pad_edge=False,
         )
         for i in shown:
             out.add_column(
-                escape(names[i]), justify="right" if numbers[i] else "left", no_wrap=True
+                escape(names[i]),
+                justify="right" if numbers[i] else "left",
+                no_wrap=True,
+                max_width=caps.get(i),
+                overflow="ellipsis",
             )
         for row in cells:
             out.add_row(*[row[i] for i in shown])
         return out
 
     def width(i: int) -> int:
-        return max([len(names[i]), *(row[i].cell_len for row in cells)])
+        return min(caps.get(i, 1 << 20), max([len(names[i]), *(row[i].cell_len for row in cells)]))
 
     unbounded = console.options.update(max_width=1 << 20)
     out = build()
-    while console.measure(out, options=unbounded).maximum > console.width:
+    while (excess := console.measure(out, options=unbounded).maximum - console.width) > 0:
         candidates = [i for i in shown if names[i] != "row_id"]
         if len(candidates) <= 1:
             break
-        widest = max(candidates, key=lambda i: (names[i] in _GIVE_WAY_FIRST, width(i)))
-        shown.remove(widest)
-        hidden.append(names[widest])
+        bookkeeping = [i for i in candidates if names[i] in _GIVE_WAY_FIRST]
+        shrinkable = [i for i in candidates if not numbers[i] and width(i) > _NARROWEST]
+        if bookkeeping:
+            gone = bookkeeping[0]
+        elif shrinkable:
+            widest = max(shrinkable, key=width)
+            caps[widest] = max(_NARROWEST, width(widest) - excess)
+            out = build()
+            continue
+        else:  # the last column: a row's own fields come in the order they were declared
+            gone = candidates[-1]
+        shown.remove(gone)
+        hidden.append(names[gone])
         out = build()
     return out
 
