@@ -159,7 +159,7 @@ def test_ls_on_a_narrow_terminal_shortens_a_long_run_name_before_hiding_it(
                 epoch=e,
                 accuracy=0.5 + e / 10,
                 commit_sha="3f2a9c1d7e",
-            ),  # fmt: skip
+            ),
             fsync=False,
         )
         for e in range(2)
