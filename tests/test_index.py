@@ -315,6 +315,42 @@ def test_a_segment_missing_under_the_newest_manifest_is_damage_not_a_race(root: 
 # -- appends ----------------------------------------------------------------------------------------
 
 
+def test_len_counts_the_log_against_the_segments_as_queries_see_the_rows(root: Path) -> None:
+    """len reads the manifest's count and looks the log's ids up in the segments (through their
+    row_id statistics) instead of reading every segment row. In every state it equals the rows
+    queries see: entries not yet compacted; deletes of a segment's row and of a log row; an id
+    deleted twice (two deleters racing), also once its first delete is folded into the
+    manifest; entries whose rows a rebuilt index already holds (a reindex racing appends); and
+    after a compaction."""
+    catalog = Catalog.open(root)
+    segment = fill(catalog, range(6))
+    assert catalog.compact(full=False, fsync=False)
+    log = fill(catalog, range(6, 10), run="b")
+    catalog.delete([segment[0], log[0]], fsync=False)
+    for _ in range(2):
+        catalog._index.publish_delete([segment[1]], fsync=False)
+    live = sorted(set(segment + log) - {segment[0], segment[1], log[0]})
+
+    def agree() -> None:
+        fresh = Catalog.open(root)
+        assert len(fresh) == len(live) == len(Catalog.open(root).index_table())
+        assert live_ids(fresh) == live
+
+    agree()
+    assert catalog.compact(full=False, fsync=False)  # the deletes are recorded in the manifest,
+    catalog._index.publish_delete([segment[0]], fsync=False)  # and one of them comes again
+    agree()
+    log = fill(catalog, range(11, 13), run="b")
+    live = sorted([*live, *log])
+    rows = catalog._index.snapshot().table  # a rebuilt index holding the log's rows too,
+    catalog._index.rebuild(rows, [])  # covering none of its entries
+    agree()
+    assert catalog.compact(full=False, fsync=False)
+    agree()
+    live = sorted([*live, *fill(catalog, range(13, 14), run="c")])
+    agree()
+
+
 def test_an_append_into_a_partition_removed_by_hand_makes_it_again(root: Path) -> None:
     """The store remembers the directories it made (two stats fewer per append); a partition
     removed since, with its rows deleted first, is made again by the next append into it."""

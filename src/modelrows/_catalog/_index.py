@@ -31,6 +31,7 @@ valid, and every log entry still present is either covered or read.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import json
@@ -642,27 +643,82 @@ class Index:
                 "catalog.reindex() (or `modelrows reindex`)"
             )
 
-    def count(self) -> int | None:
-        """The number of live rows when the newest manifest describes them all (every log entry
-        present is one it covers), read from the manifest alone; None otherwise."""
+    def count(self) -> int:
+        """The number of live rows: the newest manifest's count, adjusted by the log entries it
+        does not cover. Their ids are looked up in the segments through the row_id statistics
+        (a row group is read only if it can hold one), not by reading every segment row. Every
+        segment is checked against the hash in its name, as every full read checks it."""
         for _ in range(_RETRIES):
             try:
                 manifest, log = self._manifest_and_log()
             except StaleRead:
                 continue
-            if any(key[len(LOG) :] not in manifest.covered for key in log):
-                return None
-            try:  # the segments are checked as every read checks them, not parsed
+            key = ""
+            try:
+                checked: dict[str, pa.Buffer | None] = {}  # None: cached, checked before
                 for key in manifest.segments:
                     with self._lock:
                         cached = key in self._cache
-                    if not cached:
-                        self._checked_bytes(key)
-            except FileNotFoundError:
-                self._check_still_newest(manifest, key)  # damage, unless a compaction moved on
+                    checked[key] = None if cached else self._checked_bytes(key)
+                new: set[str] = set()
+                deletes: set[str] = set()
+                for key in log:
+                    name = key[len(LOG) :]
+                    if name not in manifest.covered and (is_add(name) or is_delete(name)):
+                        ids = self._read(key).column("row_id").to_pylist()
+                        (new if is_add(name) else deletes).update(ids)
+                if not new and not deletes:
+                    return manifest.rows
+                held = self._held(checked, new | deletes)
+            except (StaleRead, FileNotFoundError):
+                if key in manifest.segments:
+                    self._check_still_newest(manifest, key)  # damage, unless a compaction moved on
                 continue  # a compaction moved on: read again
-            return manifest.rows
+            # live = (segments | new) - (manifest.deleted | deletes), and manifest.rows counts
+            # the segments' rows but manifest.deleted
+            gone = ((held | new) & deletes) - manifest.deleted
+            return manifest.rows + len(new - held) - len(gone)
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
+
+    def _held(self, segments: Mapping[str, pa.Buffer | None], ids: set[str]) -> set[str]:
+        """Which of ``ids`` the segments hold (each given checked, or None when cached): only
+        the row groups whose row_id statistics can hold one of them are read, their row_id
+        column alone."""
+        wanted = sorted(ids)
+        value_set = pa.array(wanted, pa.string())
+        held: set[str] = set()
+        for key, data in segments.items():
+            if data is None:
+                with self._lock:
+                    table = self._cache.get(key)
+                if table is None:
+                    data = self._checked_bytes(key)
+                else:
+                    column = table.column("row_id")
+            if data is not None:
+                pf = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False)
+                at = pf.schema_arrow.get_field_index("row_id")
+                groups = []
+                for i in range(pf.metadata.num_row_groups):
+                    stats = pf.metadata.row_group(i).column(at).statistics
+                    if stats is None or not stats.has_min_max:
+                        groups.append(i)
+                        continue
+                    first = bisect.bisect_left(wanted, stats.min)
+                    if first < len(wanted) and wanted[first] <= stats.max:
+                        groups.append(i)
+                if not groups:
+                    continue
+                try:
+                    read = pf.read_row_groups(groups, columns=["row_id"], use_threads=False)
+                except (pa.ArrowException, OSError, ValueError) as exc:
+                    raise CatalogError(
+                        f"{self.store.url}/{key}: the index file cannot be read ({exc}); "
+                        "rebuild the index with catalog.reindex() (or `modelrows reindex`)"
+                    ) from exc
+                column = read.column("row_id")
+            held.update(column.filter(pc.is_in(column, value_set=value_set)).to_pylist())
+        return held
 
     def _manifest_and_log(self) -> tuple[Manifest, list[str]]:
         """The log, then the newest manifest: two listings. Every entry committed before the log
