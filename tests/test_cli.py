@@ -145,12 +145,13 @@ def test_ls_table_on_a_terminal(cat: Fixture) -> None:
 def test_ls_on_a_narrow_terminal_shortens_a_long_run_name_before_hiding_it(
     tmp_path: Path,
 ) -> None:
-    """A run name longer than the terminal allows is shortened with an ellipsis (the caption says
-    so) rather than hidden; columns go from the last one on only once the text columns are as
-    short as they get; row ids are never cut."""
+    """What gives way on a narrow terminal: the bookkeeping columns and the nested ones (config,
+    shown as JSON) are hidden; then the long text columns are shortened with an ellipsis, all to
+    one width (the caption says so) rather than hidden; columns go from the last one on only
+    once the text columns are as short as they get; row ids are never cut."""
     root = tmp_path / "long"
     catalog = Catalog.create(root, DigitsRowV1, partition_by=["run"])
-    name = "resnet50-lr0.001-wd1e-4-cosine-warmup5-seed1234"
+    name, sha = "resnet50-lr0.001-wd1e-4-cosine-warmup5-seed1234", "3f2a9c1d7e" * 4
     ids = [
         catalog.append(
             DigitsRowV1(
@@ -158,7 +159,8 @@ def test_ls_on_a_narrow_terminal_shortens_a_long_run_name_before_hiding_it(
                 run=name,
                 epoch=e,
                 accuracy=0.5 + e / 10,
-                commit_sha="3f2a9c1d7e",
+                commit_sha=sha,
+                config=DigitsConfigV1(seed=e),
             ),
             fsync=False,
         )
@@ -169,11 +171,15 @@ def test_ls_on_a_narrow_terminal_shortens_a_long_run_name_before_hiding_it(
     for out, width in ((wide, 100), (narrow, 60)):
         assert all(len(line) <= width for line in out.splitlines()), out
         assert all(row_id in out for row_id in ids), out
-        assert name not in out and "resnet50-lr" in out and "…" in out, out
-        assert "shortened to fit: run" in " ".join(out.split()), out
-    assert "accuracy" in wide and "commit_sha" in wide  # shortening the run made room for them
-    caption = " ".join(narrow.split())
-    assert "hidden to fit the terminal: written_at, architecture_version, config" in caption
+        assert name not in out and "resnet50-lr" in out, out
+        caption = " ".join(out.split("rows;")[-1].split())
+        assert "hidden to fit the terminal: written_at, architecture_version, config" in caption
+    row = next(line.split() for line in wide.splitlines() if ids[0] in line)
+    assert row[1].endswith("…") and row[-1].endswith("…") and len(row[1]) == len(row[-1]), row
+    assert row[2:4] == ["0", "0.5"]  # shortening made room for every plain value
+    assert "shortened to fit: run, commit_sha;" in " ".join(wide.split())
+    assert "shortened to fit: run;" in " ".join(narrow.split())  # commit_sha went: the last
+    assert "commit_sha, accuracy" in " ".join(narrow.split())
 
 
 def test_sql_with_one_or_two_arguments(cat: Fixture, tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ from ._app import Format, stdout
 _WEIGHTS_SUMMARY = pa.struct(
     [("tensors", pa.int64()), ("fingerprint", pa.string()), ("checksum", pa.string())]
 )
-_GIVE_WAY_FIRST = ("written_at", "architecture_version")
+_GIVE_WAY_FIRST = ("written_at", "architecture_version", "training_state")
+"""Columns modelrows fills (the write time, modelrows.model's architecture version,
+modelrows.training's JSON state document): the first to give way in a narrow table."""
 
 
 def resolve_format(fmt: Format | None) -> Format:
@@ -153,33 +155,40 @@ def emit_table(
         writer.writerows([csv_cell(r[n], raw=raw) for n in table.column_names] for r in rows)
     else:
         numbers = [is_number(f.type) for f in table.schema]
+        nested = [pa.types.is_nested(f.type) for f in table.schema]
         cells = [[table_cell(r[n], raw=raw) for n in table.column_names] for r in rows]
-        stdout().print(fitted_table(table.column_names, numbers, cells, caption))
+        stdout().print(fitted_table(table.column_names, numbers, cells, caption, nested))
 
 
 _NARROWEST = 12
-"""A text column is shortened (with an ellipsis) to no fewer cells than this before any column
-of the user's own is hidden."""
+"""A text column is shortened (with an ellipsis) to no fewer cells than this before a column of
+plain values is hidden."""
 
 
 def fitted_table(
-    names: Sequence[str], numbers: Sequence[bool], cells: Sequence[Sequence[Text]], caption: str
+    names: Sequence[str],
+    numbers: Sequence[bool],
+    cells: Sequence[Sequence[Text]],
+    caption: str,
+    nested: Sequence[bool] | None = None,
 ) -> Table:
-    """A table of one line per row that fits the terminal: bookkeeping columns (``written_at``,
-    ``architecture_version``) give way first; then the widest text columns are shortened with an
-    ellipsis (never below a few characters, never ``row_id``), so that a long run name still
-    shows; then columns are hidden from the last one on. The caption names those shortened or
-    left out."""
+    """A table of one line per row that fits the terminal. What gives way, in this order:
+    the bookkeeping columns (``_GIVE_WAY_FIRST``); the columns of nested
+    values (structs and lists, shown as JSON: ``config``), from the last one on; then the wide
+    text columns are shortened with an ellipsis, all to the same width (as wide as the terminal
+    allows, never below a few cells, never ``row_id``), so that a long run name keeps as much
+    as it can; then columns are hidden from the last one on. The caption names those shortened
+    or left out."""
     console = stdout()
+    flat = [False] * len(names) if nested is None else list(nested)
     shown = list(range(len(names)))
     hidden: list[str] = []
     caps: dict[int, int] = {}  # column -> the most cells it may take
 
     def build() -> Table:
+        shortened = [names[i] for i in shown if i in caps]
         notes = (
-            f"shortened to fit: {', '.join(names[i] for i in sorted(caps) if i in shown)}"
-            if any(i in shown for i in caps)
-            else "",
+            f"shortened to fit: {', '.join(shortened)}" if shortened else "",
             f"hidden to fit the terminal: {', '.join(hidden)}" if hidden else "",
         )
         out = Table(
@@ -203,6 +212,10 @@ def fitted_table(
     def width(i: int) -> int:
         return min(caps.get(i, 1 << 20), max([len(names[i]), *(row[i].cell_len for row in cells)]))
 
+    def hide(i: int) -> None:
+        shown.remove(i)
+        hidden.append(names[i])
+
     unbounded = console.options.update(max_width=1 << 20)
     out = build()
     while (excess := console.measure(out, options=unbounded).maximum - console.width) > 0:
@@ -210,18 +223,21 @@ def fitted_table(
         if len(candidates) <= 1:
             break
         bookkeeping = [i for i in candidates if names[i] in _GIVE_WAY_FIRST]
+        structured = [i for i in candidates if flat[i]]
         shrinkable = [i for i in candidates if not numbers[i] and width(i) > _NARROWEST]
         if bookkeeping:
-            gone = bookkeeping[0]
-        elif shrinkable:
-            widest = max(shrinkable, key=width)
-            caps[widest] = max(_NARROWEST, width(widest) - excess)
-            out = build()
-            continue
+            hide(bookkeeping[0])
+        elif structured:
+            hide(structured[-1])
+        elif shrinkable:  # one width for all: the widest cap that takes back the excess
+            cap = max(width(i) for i in shrinkable)
+            while cap > _NARROWEST and sum(max(0, width(i) - cap) for i in shrinkable) < excess:
+                cap -= 1
+            for i in shrinkable:
+                if width(i) > cap:
+                    caps[i] = cap
         else:  # the last column: a row's own fields come in the order they were declared
-            gone = candidates[-1]
-        shown.remove(gone)
-        hidden.append(names[gone])
+            hide(candidates[-1])
         out = build()
     return out
 
