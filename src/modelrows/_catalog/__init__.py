@@ -982,17 +982,16 @@ class Catalog:
 
         table = self._index.snapshot(columns=[by, PATH]).table  # three columns, not every one
         values, ids, keys = table.column(by), table.column("row_id"), table.column(PATH)
-        keep = pc.is_valid(values)
+        ranked = values  # nulls skipped by min/max; NaN left out here (only the numbers move)
         if pa.types.is_floating(values.type):
-            keep = pc.and_kleene(keep, pc.invert(pc.is_nan(values)))
-        values, ids, keys = values.filter(keep), ids.filter(keep), keys.filter(keep)
-        if len(values) == 0:
+            ranked = values.filter(pc.invert(pc.is_nan(values)))
+        target = pc.max(ranked) if descending else pc.min(ranked)
+        if not target.is_valid:
             return None
-        target = pc.max(values) if descending else pc.min(values)
-        tied = pc.equal(values, target)
-        found: str = pc.min(ids.filter(tied)).as_py()
-        at = pc.index(ids, found).as_py()
-        return found, str(keys[at].as_py())
+        at = pc.indices_nonzero(pc.equal(values, target))  # the tied rows (null is never equal)
+        tied = ids.take(at)
+        row = at[pc.index(tied, pc.min(tied)).as_py()].as_py()  # the smallest id of the tied
+        return str(ids[row].as_py()), str(keys[row].as_py())
 
     def _check_on_corrupt(self, on_corrupt: str) -> None:
         if on_corrupt not in ("raise", "skip"):
