@@ -148,7 +148,14 @@ _TEMP_RE = re.compile(
 
 def host_tag() -> str:
     """This machine's tag in temporary names: the CRC-32 of its host name, 8 hex digits."""
-    return f"{zlib.crc32(os.uname().nodename.encode('utf-8', 'replace')):08x}"
+    uname = getattr(os, "uname", None)  # not on Windows
+    if uname is not None:
+        node = uname().nodename
+    else:  # pragma: no cover
+        import socket
+
+        node = socket.gethostname()
+    return f"{zlib.crc32(node.encode('utf-8', 'replace')):08x}"
 
 
 def temp_name(name: str) -> str:
