@@ -393,17 +393,14 @@ class Catalog:
     def _index_row(self, row: Row, batch: pa.RecordBatch, key: str, size: int) -> pa.RecordBatch:
         """The index row of ``row``, written as ``batch`` to the file ``key`` of ``size`` bytes:
         the batch's columns but the weights, then the file, its size, the weights' checksums."""
-        arrays = [batch.column(n) for n in self._value_names]
         checksums = [
             value._last_written_checksum() if value is not None else ""
             for value in (getattr(row, n) for n in self._weight_names)
         ]
-        arrays += [
-            pa.array([key], pa.string()),
-            pa.array([size], pa.int64()),
-            pa.array([",".join(checksums)], pa.string()),
-        ]
-        return pa.RecordBatch.from_arrays(arrays, schema=self._index.schema)
+        values = [batch.column(n) for n in self._value_names]
+        return pa.RecordBatch.from_arrays(
+            _index_columns(values, key, size, checksums), schema=self._index.schema
+        )
 
     def append(self, row: Row, *, fsync: bool = True) -> str:
         """Write ``row`` as one immutable file in its partition and publish it in the index;
@@ -635,16 +632,12 @@ class Catalog:
 
     def _entry_of(self, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
         """The index row of a row file's checked record batch."""
-        checksums = []
-        arrays = []
-        first = pa.array([0])
-        for f, column in zip(batch.schema, batch.columns, strict=True):
-            if f.name in self._weights:
-                checksums.append(column.field("checksum")[0].as_py() or "")
-            else:  # a copy: a view would keep the file mapped (and open) as long as the entry
-                arrays.append(column.take(first))
-        arrays += [pa.array([key]), pa.array([size], pa.int64()), pa.array([",".join(checksums)])]
-        return pa.Table.from_arrays(arrays, schema=self._index.schema)
+        checksums = [batch.column(n).field("checksum")[0].as_py() or "" for n in self._weight_names]
+        first = pa.array([0])  # a copy: a view would keep the file mapped (and open) as long as
+        values = [batch.column(n).take(first) for n in self._value_names]  # the entry lives
+        return pa.Table.from_arrays(
+            _index_columns(values, key, size, checksums), schema=self._index.schema
+        )
 
     def _row_files(self) -> dict[str, str]:
         """Every row file in the partition directories, by row id (lists them all: reindex and
@@ -1315,6 +1308,19 @@ class Catalog:
         if entry is None:
             raise _aliases.dangling(name, target, self.url)
         return entry
+
+
+def _index_columns(
+    values: list[pa.Array], key: str, size: int, checksums: list[str]
+) -> list[pa.Array]:
+    """An index row's columns: the row's values (all but its weights), then its file's key and
+    size and its weights' checksums (docs/format.md 6.4)."""
+    return [
+        *values,
+        pa.array([key], pa.string()),
+        pa.array([size], pa.int64()),
+        pa.array([",".join(checksums)], pa.string()),
+    ]
 
 
 _Problem = tuple[type[ModelRowsError], str]  # what is wrong with a row file: error class, message
