@@ -627,8 +627,14 @@ class Catalog:
             return self._entry_of(batch, key, size)
         if self._problem(row_id, key) is not None:
             return None
-        batch, _ctx = read_row_file(path)
-        return self._entry_of(batch, key, os.stat(path).st_size)
+        try:
+            batch, _ctx = read_row_file(path)
+            size = os.stat(path).st_size
+        except (RowFileError, FileNotFoundError):
+            if os.path.lexists(path):
+                raise
+            return None  # removed since it was checked: a delete (or a compaction after one)
+        return self._entry_of(batch, key, size)
 
     def _entry_of(self, batch: pa.RecordBatch, key: str, size: int) -> pa.Table:
         """The index row of a row file's checked record batch."""
