@@ -123,7 +123,6 @@ def test_reindex_leaves_out_a_row_deleted_while_its_file_is_read(
             reader.get(victim)
 
 
-@pytest.mark.xfail(strict=True, reason="a second catch-up adds the rows of the first again")
 def test_reindex_that_catches_up_twice_indexes_each_row_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -367,7 +366,7 @@ def _last(path: Path) -> dict[str, Any]:
     [
         (1, False),
         (2, False),
-        pytest.param(3, True, marks=pytest.mark.xfail(strict=False, reason="rows twice")),
+        (3, True),
     ],
 )
 def test_readers_miss_no_acknowledged_row_and_see_no_deleted_one_under_compactions(

@@ -1029,6 +1029,7 @@ class Index:
                 newest = found[-1][0] if found else None
                 if known is not None and newest is not None and newest != since:
                     rows, since, segments = self._catch_up(rows, known), newest, None
+                    known |= _ids(rows)  # caught up: a next catch-up must not add them again
                 if segments is None:  # (again) for these rows
                     for key in written:
                         self.store.delete(key)
