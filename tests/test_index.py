@@ -355,6 +355,27 @@ def test_len_counts_the_log_against_the_segments_as_queries_see_the_rows(root: P
     agree()
 
 
+def test_len_of_an_add_entry_for_an_id_the_manifest_records_as_deleted(root: Path) -> None:
+    """A manifest may record as deleted an id no segment holds (a second delete of a row a full
+    compaction had already dropped); an add entry of that id published late (its writer stalled
+    while a reindex indexed its file and a user deleted it) is not a live row, for len as for
+    every query."""
+    catalog = Catalog.open(root)
+    ids = fill(catalog, range(3))
+    assert catalog.compact(fsync=False)
+    late = _index.new_id()
+    catalog._index.publish_delete([late], fsync=False)
+    assert catalog.compact(full=False, fsync=False)
+    manifest = catalog._index.latest()
+    assert manifest is not None and late in manifest.deleted
+    entry = catalog.index_table().slice(0, 1)
+    entry = entry.set_column(entry.schema.get_field_index("row_id"), "row_id", [[late]])
+    catalog._index.publish_add(entry, fsync=False)
+    fresh = Catalog.open(root)
+    assert live_ids(fresh) == sorted(ids)
+    assert len(fresh) == len(ids)
+
+
 def test_an_append_into_a_partition_removed_by_hand_makes_it_again(root: Path) -> None:
     """The store remembers the directories it made (two stats fewer per append); a partition
     removed since, with its rows deleted first, is made again by the next append into it."""

@@ -675,9 +675,10 @@ class Index:
                     self._check_still_newest(manifest, key)  # damage, unless a compaction moved on
                 continue  # a compaction moved on: read again
             # live = (segments | new) - (manifest.deleted | deletes), and manifest.rows counts
-            # the segments' rows but manifest.deleted
-            gone = ((held | new) & deletes) - manifest.deleted
-            return manifest.rows + len(new - held) - len(gone)
+            # the segments' rows but manifest.deleted (which may also name ids of no segment)
+            gone = (held & deletes) - manifest.deleted
+            added = (new - held) - manifest.deleted - deletes
+            return manifest.rows - len(gone) + len(added)
         raise CatalogError(f"{self.store.url}: the index kept changing while being read")
 
     def _held(self, segments: Mapping[str, pa.Buffer | None], ids: set[str]) -> set[str]:
