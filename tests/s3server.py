@@ -469,6 +469,31 @@ def spawn_worker(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def release_together(procs: list[subprocess.Popen[str]], *, timeout: float) -> list[str]:
+    """Wait until every process (started with pipes) says "ready", tell them all "go", and
+    return what each printed, stripped; each must exit 0. Any left running are killed."""
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().strip()
+            assert line == "ready", p.communicate()[1][-3000:]
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        answers = []
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            assert p.returncode == 0, err[-3000:]
+            answers.append(out.strip())
+        return answers
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def check_racing_writers(url: str) -> None:
     """Three writer processes, released together, append three rows each to the catalog at
     ``url`` (created already): every acknowledged row is there exactly once, checks, and loads
@@ -476,25 +501,7 @@ def check_racing_writers(url: str) -> None:
     from modelrows import Catalog, load_weights
 
     writers = [spawn_worker("append", url, f"w{i}", "3", str(10 * i)) for i in range(3)]
-    try:
-        for w in writers:
-            assert w.stdout is not None
-            line = w.stdout.readline().strip()
-            assert line == "ready", w.communicate()[1][-3000:]
-        for w in writers:
-            assert w.stdin is not None
-            w.stdin.write("go\n")
-            w.stdin.flush()
-        answers = []
-        for w in writers:
-            out, err = w.communicate(timeout=240)
-            assert w.returncode == 0, err[-3000:]
-            answers.append(json.loads(out))
-    finally:
-        for w in writers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+    answers = [json.loads(out) for out in release_together(writers, timeout=240)]
     every = sorted(i for ids in answers for i in ids)
     assert len(set(every)) == 9
     reopened = Catalog.open(url)

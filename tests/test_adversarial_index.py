@@ -178,30 +178,22 @@ def _small_thresholds() -> None:
     _index._ROW_GROUP = 4
 
 
-def _report(path: str, line: str) -> None:
-    workers._report(path, line)
-
-
-def _lines(path: Path | str) -> list[str]:
-    try:
-        with open(path) as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
 def _acked(reports: Path) -> list[str]:
     """Every id whose append returned, as the writers report them."""
     out: list[str] = []
     for i in range(WRITERS):
-        for line in _lines(reports / f"w{i}"):
+        for line in workers._lines(str(reports / f"w{i}")):
             if line.startswith("appended "):
                 out += line.split()[1:]
     return out
 
 
 def _deletes(reports: Path, what: str) -> set[str]:
-    return {line.split()[1] for line in _lines(reports / "deleter") if line.startswith(what + " ")}
+    return {
+        line.split()[1]
+        for line in workers._lines(str(reports / "deleter"))
+        if line.startswith(what + " ")
+    }
 
 
 def adv_writer(root: str, reports: str, index: int, seed: int) -> None:
@@ -217,16 +209,16 @@ def adv_writer(root: str, reports: str, index: int, seed: int) -> None:
             n = rng.randint(2, 5) if rng.random() < 0.35 else 1
             rows = [stress_row(index, op * 8 + k, numel=4, run=f"r{k % 2}") for k in range(n)]
             ids = catalog.append_many(rows, fsync=False)
-            _report(report, "appended " + " ".join(ids))
+            workers._report(report, "appended " + " ".join(ids))
             try:
                 row = catalog.get(ids[-1])
             except RowNotFoundError:  # only if the deleter took it already
                 assert ids[-1] in _deletes(Path(reports), "deleting"), ids[-1]
             else:
                 assert isinstance(row, StressRowV1) and row.writer == index
-        _report(report, "done")
+        workers._report(report, "done")
     except BaseException:
-        _report(report, json.dumps({"error": __import__("traceback").format_exc()}))
+        workers._report(report, json.dumps({"error": __import__("traceback").format_exc()}))
         raise
 
 
@@ -243,14 +235,14 @@ def adv_deleter(root: str, stop: str, reports: str, seed: int) -> None:
             if len(ids) < 4:
                 continue
             target = rng.choice(ids)
-            _report(report, f"deleting {target}")
+            workers._report(report, f"deleting {target}")
             assert catalog.delete([target], fsync=False) == [target]
-            _report(report, f"deleted {target}")
+            workers._report(report, f"deleted {target}")
             for _ in range(rng.randint(0, 3)):  # a few reads between deletes
                 len(Catalog.open(root))
-        _report(report, "done")
+        workers._report(report, "done")
     except BaseException:
-        _report(report, json.dumps({"error": __import__("traceback").format_exc()}))
+        workers._report(report, json.dumps({"error": __import__("traceback").format_exc()}))
         raise
 
 
@@ -265,9 +257,9 @@ def adv_compactor(root: str, stop: str, reports: str, seed: int, index: int) -> 
         while not os.path.exists(stop):
             published += catalog.compact(full=rng.random() < 0.25, fsync=False)
             runs += 1
-        _report(report, json.dumps({"runs": runs, "published": published}))
+        workers._report(report, json.dumps({"runs": runs, "published": published}))
     except BaseException:
-        _report(report, json.dumps({"error": __import__("traceback").format_exc()}))
+        workers._report(report, json.dumps({"error": __import__("traceback").format_exc()}))
         raise
 
 
@@ -282,9 +274,9 @@ def adv_reindexer(root: str, stop: str, reports: str) -> None:
         while not os.path.exists(stop):
             catalog.reindex(progress=None)
             runs += 1
-        _report(report, json.dumps({"runs": runs}))
+        workers._report(report, json.dumps({"runs": runs}))
     except BaseException:
-        _report(report, json.dumps({"error": __import__("traceback").format_exc()}))
+        workers._report(report, json.dumps({"error": __import__("traceback").format_exc()}))
         raise
 
 
@@ -346,14 +338,14 @@ def adv_reader(root: str, stop: str, reports: str, index: int, seed: int) -> Non
                 raise AssertionError("; ".join(problems))
             passes += 1
             checked += len(sample)
-        _report(report, json.dumps({"passes": passes, "checked": checked}))
+        workers._report(report, json.dumps({"passes": passes, "checked": checked}))
     except BaseException:
-        _report(report, json.dumps({"error": __import__("traceback").format_exc()}))
+        workers._report(report, json.dumps({"error": __import__("traceback").format_exc()}))
         raise
 
 
 def _last(path: Path) -> dict[str, Any]:
-    lines = _lines(path)
+    lines = workers._lines(str(path))
     assert lines, path
     result: dict[str, Any] = json.loads(lines[-1])
     assert "error" not in result, f"{path.name}: {result['error']}"
@@ -418,9 +410,9 @@ def test_readers_miss_no_acknowledged_row_and_see_no_deleted_one_under_compactio
             if p.is_alive():
                 p.kill()
                 p.join()
-    for i in range(WRITERS):
-        assert _lines(reports / f"w{i}")[-1] == "done", _lines(reports / f"w{i}")[-1]
-    assert _lines(reports / "deleter")[-1] == "done", _lines(reports / "deleter")[-1]
+    for name in [*(f"w{i}" for i in range(WRITERS)), "deleter"]:
+        last = workers._lines(str(reports / name))[-1]
+        assert last == "done", last
     compactors = [_last(reports / f"compactor{i}") for i in range(COMPACTORS)]
     results = [_last(reports / f"r{i}") for i in range(READERS)]
     if reindexing:

@@ -26,7 +26,7 @@ pytest.importorskip("moto.server")
 
 from modelrows import StorageError
 from modelrows._catalog._s3 import S3Store, parse_s3_url
-from s3server import Request, S3TestServer
+from s3server import Request, S3TestServer, release_together
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -372,24 +372,7 @@ def race(
     """Starts n writer processes, lets them all go at once, returns each one's answer."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)  # the workers see only the env
     workers = [spawn([command, url, "same/key", f"w{i}-", str(size)]) for i in range(n)]
-    try:
-        for w in workers:
-            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
-        for w in workers:
-            assert w.stdin is not None
-            w.stdin.write("go\n")
-            w.stdin.flush()
-        answers = []
-        for w in workers:
-            out, err = w.communicate(timeout=120)
-            assert w.returncode == 0, err[-3000:]
-            answers.append(out.strip())
-        return answers
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+    return release_together(workers, timeout=120)
 
 
 @pytest.mark.stress
