@@ -170,7 +170,7 @@ def fitted_table(
     numbers: Sequence[bool],
     cells: Sequence[Sequence[Text]],
     caption: str,
-    nested: Sequence[bool] | None = None,
+    nested: Sequence[bool],
 ) -> Table:
     """A table of one line per row that fits the terminal. What gives way, in this order:
     the bookkeeping columns (``_GIVE_WAY_FIRST``); the columns of nested
@@ -180,7 +180,6 @@ def fitted_table(
     as it can; then columns are hidden from the last one on. The caption names those shortened
     or left out."""
     console = stdout()
-    flat = [False] * len(names) if nested is None else list(nested)
     shown = list(range(len(names)))
     hidden: list[str] = []
     caps: dict[int, int] = {}  # column -> the most cells it may take
@@ -223,7 +222,7 @@ def fitted_table(
         if len(candidates) <= 1:
             break
         bookkeeping = [i for i in candidates if names[i] in _GIVE_WAY_FIRST]
-        structured = [i for i in candidates if flat[i]]
+        structured = [i for i in candidates if nested[i]]
         shrinkable = [i for i in candidates if not numbers[i] and width(i) > _NARROWEST]
         if bookkeeping:
             hide(bookkeeping[0])
