@@ -698,16 +698,7 @@ class Index:
                     column = table.column("row_id")
             if data is not None:
                 pf = pq.ParquetFile(pa.BufferReader(data), pre_buffer=False)
-                at = pf.schema_arrow.get_field_index("row_id")
-                groups = []
-                for i in range(pf.metadata.num_row_groups):
-                    stats = pf.metadata.row_group(i).column(at).statistics
-                    if stats is None or not stats.has_min_max:
-                        groups.append(i)
-                        continue
-                    first = bisect.bisect_left(wanted, stats.min)
-                    if first < len(wanted) and wanted[first] <= stats.max:
-                        groups.append(i)
+                groups = _groups_holding(pf, wanted)
                 if not groups:
                     continue
                 try:
@@ -796,12 +787,7 @@ class Index:
                 pf, fetch = self._open_parquet(key), None
             else:
                 pf, fetch = self._open_checked(key, check)
-            column = pf.schema_arrow.get_field_index("row_id")
-            groups = []
-            for i in range(pf.metadata.num_row_groups):  # segments are sorted by row_id
-                stats = pf.metadata.row_group(i).column(column).statistics
-                if stats is None or not stats.has_min_max or stats.min <= row_id <= stats.max:
-                    groups.append(i)
+            groups = _groups_holding(pf, [row_id])
             if fetch is not None:
                 for i in groups:
                     fetch(i)
@@ -1090,6 +1076,22 @@ def _mapped(path: Path) -> pa.Buffer:
     descriptor is closed, the mapping lives as long as the buffer."""
     with pa.memory_map(str(path)) as mapped:
         return mapped.read_buffer()
+
+
+def _groups_holding(pf: pq.ParquetFile, ids: Sequence[str]) -> list[int]:
+    """The row groups of a segment whose ``row_id`` statistics can hold one of ``ids`` (sorted):
+    a group without statistics always can."""
+    column = pf.schema_arrow.get_field_index("row_id")
+    groups = []
+    for i in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            groups.append(i)
+            continue
+        first = bisect.bisect_left(ids, stats.min)
+        if first < len(ids) and ids[first] <= stats.max:
+            groups.append(i)
+    return groups
 
 
 def _merge_from(sizes: Sequence[int], most: int) -> int:
